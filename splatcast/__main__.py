@@ -1,0 +1,3 @@
+from splatcast.cli import main
+
+raise SystemExit(main())
