@@ -6,3 +6,8 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e '.[dev]'
+# Headless Chromium for the browser-viewer test (Debian package; the test skips without it).
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null \
+        || echo "chromium not installed: the browser test will skip" >&2
+fi
