@@ -1,0 +1,129 @@
+// Activate decoded Gaussians and pack them into Spark's 16-byte PackedSplats layout.
+//
+// Layout (Spark 2.x `PackedSplats`, default encoding; see `setPackedSplat` in
+// @sparkjsdev/spark/dist/spark.module.js), four uint32 words per splat:
+//   w0 = R | G << 8 | B << 16 | A << 24          (uint8 colour and opacity)
+//   w1 = half(x) | half(y) << 16                  (float16 centre)
+//   w2 = half(z) | octU << 16 | octV << 24        (quaternion axis, octahedral 8+8 bits)
+//   w3 = sx | sy << 8 | sz << 16 | angle << 24    (log-scale uint8s, rotation angle 8 bits)
+// Activations follow the INRIA 3DGS convention: colour = 0.5 + C0 * sh0 (C0 = 0.28209479),
+// opacity = sigmoid(logit), scale = exp(log scale); quaternions are wxyz, not necessarily unit.
+
+export const SH_C0 = 0.28209479177387814;
+const LN_SCALE_MIN = -12;
+const LN_SCALE_MAX = 9;
+const LN_SCALE_ZERO = -30;
+const LN_SCALE_STEP = 254 / (LN_SCALE_MAX - LN_SCALE_MIN);
+
+function toUint8(v) {
+  const u = Math.round(v * 255);
+  return u < 0 ? 0 : u > 255 ? 255 : u; // NaN -> 0 below via `| 0`
+}
+
+function logScaleToUint8(ls) {
+  if (!(ls >= LN_SCALE_ZERO)) return 0; // also NaN
+  const u = Math.round((ls - LN_SCALE_MIN) * LN_SCALE_STEP) + 1;
+  return u < 1 ? 1 : u > 255 ? 255 : u;
+}
+
+// float32 -> float16 bits for a whole array: native Float16Array (round to nearest) when the
+// engine has it, else Spark's own truncating fallback (`toHalfJS`).
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+function toHalfBits(f) {
+  f32[0] = f;
+  const bits = u32[0];
+  const sign = (bits >> 16) & 0x8000;
+  const exp = (bits >> 23) & 255;
+  const frac = bits & 0x7fffff;
+  if (exp === 255) return sign | (frac ? 0x7fff : 0x7c00);
+  const e = exp - 127 + 15;
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) return e < -10 ? sign : sign | ((frac | 0x800000) >> (1 - e + 13));
+  return sign | (e << 10) | (frac >> 13);
+}
+
+function halves(values) {
+  if (typeof Float16Array !== "undefined") {
+    return new Uint16Array(new Float16Array(values).buffer);
+  }
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = toHalfBits(values[i]);
+  return out;
+}
+
+/**
+ * Pack one decoded frame for Spark.
+ * @param {{numGaussians: number, means: Float32Array, scales: Float32Array,
+ *          quats: Float32Array, opacities: Float32Array, sh0: Float32Array}} frame
+ *   means [N*3], scales [N*3] (log), quats [N*4] (wxyz), opacities [N] (logit), sh0 [N*3].
+ * @returns {Uint32Array} [N*4] packed words.
+ */
+export function packSplats(frame) {
+  const n = frame.numGaussians;
+  const { scales, quats, opacities, sh0 } = frame;
+  const h = halves(frame.means);
+  const out = new Uint32Array(n * 4);
+  for (let i = 0; i < n; i++) {
+    const i3 = i * 3;
+    const i4 = i * 4;
+    const r = toUint8(0.5 + SH_C0 * sh0[i3]);
+    const g = toUint8(0.5 + SH_C0 * sh0[i3 + 1]);
+    const b = toUint8(0.5 + SH_C0 * sh0[i3 + 2]);
+    const a = toUint8(1 / (1 + Math.exp(-opacities[i])));
+    // Quaternion wxyz -> unit, w >= 0 -> rotation angle + octahedral axis (Spark's OctXy88R8).
+    let w = quats[i4], x = quats[i4 + 1], y = quats[i4 + 2], z = quats[i4 + 3];
+    const qn = Math.hypot(w, x, y, z);
+    let u = 128, v = 128, angle = 0;
+    if (qn > 0) {
+      const s = w < 0 ? -1 / qn : 1 / qn;
+      w *= s; x *= s; y *= s; z *= s;
+      angle = Math.round(2 * Math.acos(Math.min(1, w)) * (255 / Math.PI));
+      const xyz = Math.hypot(x, y, z);
+      let ax = 1, ay = 0, az = 0;
+      if (xyz >= 1e-6) { ax = x / xyz; ay = y / xyz; az = z / xyz; }
+      const sum = Math.abs(ax) + Math.abs(ay) + Math.abs(az);
+      let px = ax / sum, py = ay / sum;
+      if (az < 0) {
+        const t = px;
+        px = (1 - Math.abs(py)) * (px >= 0 ? 1 : -1);
+        py = (1 - Math.abs(t)) * (py >= 0 ? 1 : -1);
+      }
+      u = Math.round((px * 0.5 + 0.5) * 255);
+      v = Math.round((py * 0.5 + 0.5) * 255);
+    }
+    out[i4] = (r | (g << 8) | (b << 16) | (a << 24)) >>> 0;
+    out[i4 + 1] = (h[i3] | (h[i3 + 1] << 16)) >>> 0;
+    out[i4 + 2] = (h[i3 + 2] | (u << 16) | (v << 24)) >>> 0;
+    out[i4 + 3] = (logScaleToUint8(scales[i3]) | (logScaleToUint8(scales[i3 + 1]) << 8)
+      | (logScaleToUint8(scales[i3 + 2]) << 16) | (angle << 24)) >>> 0;
+  }
+  return out;
+}
+
+/**
+ * Robust bounds of the means (2nd and 98th percentile per axis, from a sample), so a few
+ * stray Gaussians do not push the camera away.
+ * @param {Float32Array} means [N*3]
+ * @returns {{center: number[], radius: number}} world units.
+ */
+export function robustBounds(means) {
+  const n = means.length / 3;
+  if (n === 0) return { center: [0, 0, 0], radius: 1 };
+  const step = Math.max(1, Math.floor(n / 20000));
+  const lo = [], hi = [];
+  for (let axis = 0; axis < 3; axis++) {
+    const vals = [];
+    for (let i = 0; i < n; i += step) {
+      const v = means[i * 3 + axis];
+      if (Number.isFinite(v)) vals.push(v);
+    }
+    if (vals.length === 0) { lo.push(0); hi.push(0); continue; }
+    vals.sort((p, q) => p - q);
+    lo.push(vals[Math.floor(0.02 * (vals.length - 1))]);
+    hi.push(vals[Math.ceil(0.98 * (vals.length - 1))]);
+  }
+  const center = lo.map((l, k) => (l + hi[k]) / 2);
+  const radius = Math.max(1e-6, 0.5 * Math.hypot(hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]));
+  return { center, radius };
+}

@@ -1,0 +1,81 @@
+// three.js + Spark scene that shows one packed frame at a time (main thread).
+import * as THREE from "three";
+import { OrbitControls } from "three/addons/controls/OrbitControls.js";
+import { PackedSplats, SparkRenderer, SplatMesh } from "@sparkjsdev/spark";
+
+/**
+ * Create the renderer on `canvas`. Returns {show(frame), fit(bounds), flip(), draw()}:
+ * `show` replaces the splats with a worker frame ({numGaussians, packed: Uint32Array [N*4]}),
+ * `show` and `draw` are async (await each); `draw` updates Spark's sort for the current camera
+ * and renders.
+ */
+export function createRenderer(canvas) {
+  const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
+  renderer.setPixelRatio(Math.min(window.devicePixelRatio, 2));
+  const scene = new THREE.Scene();
+  scene.background = new THREE.Color(0x15171c);
+  const camera = new THREE.PerspectiveCamera(50, 1, 0.01, 1000);
+  camera.position.set(0, 0, 3);
+  // autoUpdate off + explicit `await spark.update()`: the screen shows exactly the data we set
+  // (the default lags one frame behind).
+  const spark = new SparkRenderer({ renderer, autoUpdate: false });
+  scene.add(spark);
+  const controls = new OrbitControls(camera, canvas);
+  controls.enableDamping = true;
+  const holder = new THREE.Group(); // flipped as a whole for scenes whose y axis points down
+  scene.add(holder);
+  let packed = null;
+  let mesh = null;
+  let shownCount = -1;
+
+  function resize() {
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    if (canvas.width !== Math.floor(w * renderer.getPixelRatio())
+        || canvas.height !== Math.floor(h * renderer.getPixelRatio())) {
+      renderer.setSize(w, h, false);
+      camera.aspect = w / Math.max(1, h);
+      camera.updateProjectionMatrix();
+    }
+  }
+
+  async function show(frame) {
+    const n = frame.numGaussians;
+    if (!packed) {
+      packed = new PackedSplats({ maxSplats: Math.max(1, n) });
+      mesh = new SplatMesh({ packedSplats: packed });
+      await mesh.initialized;
+      holder.add(mesh);
+    }
+    const arr = packed.ensureSplats(n); // grows (and reallocates) for a larger frame
+    arr.set(frame.packed);
+    packed.numSplats = n;
+    packed.needsUpdate = true;
+    if (n !== shownCount) mesh.updateMappingVersion();
+    else mesh.updateVersion();
+    shownCount = n;
+  }
+
+  function fit({ center, radius }) {
+    const c = new THREE.Vector3(...center).applyMatrix4(holder.matrixWorld);
+    controls.target.copy(c);
+    camera.near = radius / 100;
+    camera.far = radius * 100;
+    camera.position.set(c.x, c.y + 0.25 * radius, c.z + 2.4 * radius);
+    camera.updateProjectionMatrix();
+    controls.update();
+  }
+
+  function flip() {
+    holder.rotateX(Math.PI);
+    holder.updateMatrixWorld(true);
+  }
+
+  async function draw() {
+    resize();
+    controls.update();
+    await spark.update({ scene, camera });
+    renderer.render(scene, camera);
+  }
+
+  return { show, fit, flip, draw };
+}
