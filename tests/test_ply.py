@@ -215,6 +215,20 @@ def _ascii(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def test_ascii_body_errors(tile20):
+    ascii3 = _ascii(subset(tile20, 3))
+    assert_same(read_ply(ascii3), read_ply(subset(tile20, 3)))
+    assert read_ply(_ascii(subset(tile20, 0))).num_gaussians == 0
+    with pytest.raises(PlyError, match=r"truncated or padded body: ASCII body has 185 values, "
+                                       r"header implies 3 x 62"):
+        read_ply(ascii3.rstrip().rsplit(None, 1)[0])
+    with pytest.raises(PlyError, match=r"bad ASCII body"):
+        header, body = split(ascii3)
+        read_ply(header.encode() + body.replace(b" ", b" x", 1))
+    with pytest.raises(PlyError, match=r"truncated body: header claims 3000000 vertices"):
+        read_ply(ascii3.replace(b"element vertex 3", b"element vertex 3000000"))
+
+
 @pytest.mark.parametrize("encoding", ["binary", "ascii"])
 @settings(max_examples=60, deadline=None)
 @given(cut=st.integers(0, 4000), edits=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)),

@@ -123,14 +123,15 @@ def _parse_body(data: memoryview, fmt: str, count: int, props, offset: int) -> n
         if len(body) < 2 * count * len(props) - 1:  # every number is a digit and a separator
             raise PlyError(f"truncated body: header claims {count} vertices, ASCII body has "
                            f"only {len(body)} bytes")
-        values = np.array(bytes(body).split(), dtype=object)
+        text = bytes(body)
+        try:  # (np.fromstring turns whitespace-only text into [-1.0], hence the strip)
+            values = np.fromstring(text, np.float32, sep=" ") if text.strip() else np.empty(0, np.float32)
+        except ValueError as e:
+            raise PlyError(f"bad ASCII body: {e}") from None
         if values.size != count * len(props):
             raise PlyError(f"truncated or padded body: ASCII body has {values.size} values, "
                            f"header implies {count} x {len(props)}")
-        try:
-            return values.astype(np.float64).astype(np.float32).reshape(count, len(props))
-        except ValueError as e:
-            raise PlyError(f"bad ASCII body: {e}") from None
+        return values.reshape(count, len(props))
     dtype = np.dtype([(name, _FORMATS[fmt] + t) for name, t in props])
     need = count * dtype.itemsize
     if len(body) < need:
@@ -138,7 +139,9 @@ def _parse_body(data: memoryview, fmt: str, count: int, props, offset: int) -> n
                        f"bytes = {need} bytes, body has {len(body)}")
     if len(body) > need:
         raise PlyError(f"{len(body) - need} trailing bytes after the vertex data")
-    return structured_to_unstructured(np.frombuffer(body, dtype, count), np.float32)
+    table = structured_to_unstructured(np.frombuffer(body, dtype, count), np.float32)
+    # an odd-length header leaves the floats unaligned: column gathers on a copy are ~4x faster
+    return table if table.flags.aligned else table.copy()
 
 
 def _column_names(names: list[str]) -> tuple[dict[str, tuple[str, ...]], list[str]]:
@@ -224,7 +227,7 @@ def ply_bytes(frame: GaussianFrame) -> bytes:
             frame.shN.transpose(1, 2).reshape(n, 3 * k),  # [N, 3K], channel-major
             frame.opacities.reshape(n, 1), frame.scales, frame.quats]
     body = torch.cat([c.detach().cpu() for c in cols], dim=1).numpy().astype("<f4", copy=False)
-    return "\n".join(header).encode("ascii") + body.tobytes()
+    return b"".join(["\n".join(header).encode("ascii"), body.data])  # one copy of the body
 
 
 def write_ply(frame: GaussianFrame, path: str | os.PathLike) -> None:
