@@ -1,5 +1,126 @@
-"""Placeholder: replaced by the module that owns these commands (see docs/DESIGN.md)."""
+"""``splatcast upload`` and ``splatcast watch``: the client library on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
 
 
 def register(subparsers) -> None:
-    pass
+    token_help = "bearer token (default: $SPLATCAST_TOKEN)"
+    up = subparsers.add_parser("upload", help="upload a directory of PLY frames to a server",
+                               description="Create a sequence (or continue the one named by --id) and upload "
+                                           "DIR/*.ply in natural order; the server encodes each frame on arrival.")
+    up.add_argument("input_dir", metavar="DIR")
+    up.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8000")
+    up.add_argument("--name", default="", help="sequence name (default: the directory name)")
+    up.add_argument("--id", dest="seq_id", help="sequence id to create, or to continue if it exists")
+    up.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
+    up.add_argument("--live", action="store_true", help="pace uploads at --fps, like a capture rig")
+    up.add_argument("--gop", type=int, help="keyframe interval in frames (codec default otherwise)")
+    up.add_argument("--no-finish", action="store_true", help="leave the sequence open after the last frame")
+    up.add_argument("--token", default=os.environ.get("SPLATCAST_TOKEN"), help=token_help)
+    up.set_defaults(func=upload)
+
+    w = subparsers.add_parser("watch", help="subscribe to a sequence and decode every frame on arrival",
+                              description="Print one line per decoded frame and a summary; write PLYs with --out.")
+    w.add_argument("seq_id", metavar="ID")
+    w.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8000")
+    w.add_argument("--out", help="write each decoded frame as OUT/frame_NNNNN.ply")
+    w.add_argument("--from", dest="start", choices=("latest", "start"), default="latest",
+                   help="start at the latest keyframe (default) or at frame 0")
+    w.add_argument("--realtime", action="store_true", help="ask the server to pace the replay at the fps")
+    w.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the sequence to appear")
+    w.add_argument("--token", default=os.environ.get("SPLATCAST_TOKEN"), help=token_help)
+    w.set_defaults(func=watch)
+
+
+def upload(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from splatcast.client.api import SplatcastClient, SplatcastError, ply_files
+
+    files = ply_files(args.input_dir)
+
+    async def run() -> None:
+        async with SplatcastClient(args.server, token=args.token) as client:
+            codec = {"gop": args.gop} if args.gop else {}
+            try:
+                seq = await client.create(args.name or Path(args.input_dir).resolve().name, args.fps, codec, args.seq_id)
+            except SplatcastError as e:
+                if e.status != 409 or args.seq_id is None:
+                    raise
+                seq = await client.get(args.seq_id)  # continue it: stored frames are safe retries
+            with tqdm(total=len(files), unit="frame", desc=f"upload {seq['id']}") as bar:
+                def progress(u):
+                    bar.set_postfix(type=u.frame["frame_type"], kb=u.frame["bytes"] // 1024,
+                                    enc_ms=round(u.frame["encode_ms"]))
+                    bar.update()
+                await client.upload_frames(seq["id"], (p.read_bytes() for p in files),
+                                           fps=args.fps if args.live else None, progress=progress)
+            info = seq if args.no_finish else await client.finish(seq["id"])
+            info = await client.get(seq["id"])
+            print(f"sequence {info['id']} ({info['status']}): {info['frames']} frames, {info['keyframes']} keyframes, "
+                  f"{info['stream_bytes']:,} bytes, {info['ratio']}x smaller than PLY, "
+                  f"{info['encode_ms_mean']} ms encode per frame")
+
+    return _run(run())
+
+
+def watch(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+    from pathlib import Path
+
+    from splatcast.client.api import SplatcastClient, SplatcastError
+    from splatcast.codec import write_ply
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        async with SplatcastClient(args.server, token=args.token) as client:
+            deadline = time.monotonic() + args.wait
+            while True:
+                try:
+                    await client.get(args.seq_id)
+                    break
+                except SplatcastError as e:
+                    if e.status != 404 or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+            t0, count, nbytes, decode_ms, skipped, last = time.perf_counter(), 0, 0, 0.0, 0, None
+            print(f"{'frame':>6} {'type':<10} {'gaussians':>9} {'kbytes':>8} {'decode ms':>9} {'at s':>8}")
+            async for f in client.subscribe(args.seq_id, from_start=args.start == "start", realtime=args.realtime):
+                if last is not None and f.index != last + 1:
+                    skipped += f.index - last - 1
+                last = f.index
+                count, nbytes, decode_ms = count + 1, nbytes + f.nbytes, decode_ms + f.decode_ms
+                print(f"{f.index:>6} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>8.1f} "
+                      f"{f.decode_ms:>9.1f} {f.arrived_at - t0:>8.3f}", flush=True)
+                if out is not None:
+                    write_ply(f.frame, out / f"frame_{f.index:05d}.ply")
+            print(f"{count} frames decoded, {skipped} skipped to resync, {nbytes:,} bytes, "
+                  f"{decode_ms / max(count, 1):.1f} ms decode per frame, {time.perf_counter() - t0:.2f} s"
+                  + (f"; PLYs in {out}" if out else ""))
+
+    return _run(run())
+
+
+def _run(coro) -> int:
+    """Run a command's coroutine; a refused request or broken stream is a one-line error, exit 1."""
+    import asyncio
+    import sys
+
+    from splatcast.client.api import SplatcastError
+
+    try:
+        asyncio.run(coro)
+    except (SplatcastError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,5 +1,29 @@
-"""Placeholder: replaced by the module that owns these commands (see docs/DESIGN.md)."""
+"""``splatcast serve``: run the streaming server under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser("serve", help="run the HTTP/WebSocket streaming server",
+                              description="Run the streaming server. Every setting can also come from "
+                                          "SPLATCAST_* environment variables (see docs/API.md).")
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1, SPLATCAST_HOST)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000, SPLATCAST_PORT)")
+    p.add_argument("--data-dir", help="where sequences are stored (default ./data, SPLATCAST_DATA_DIR)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="encoding device (default auto)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from splatcast.server.runner import uvicorn_config
+    from splatcast.server.settings import Settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir),
+                                   ("device", args.device)) if v is not None}
+    settings = Settings(**overrides)
+    uvicorn.Server(uvicorn_config(settings)).run()
+    return 0

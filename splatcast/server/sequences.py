@@ -1,0 +1,151 @@
+"""Sequence life cycle: create, ingest frames in order (encoded off the event loop), finish, delete.
+
+One ``asyncio.Lock`` per sequence orders its uploads; parsing, encoding and the durable write
+run in a worker thread (``asyncio.to_thread``) while holding it, so other sequences, HTTP
+requests and WebSocket sends stay responsive during a keyframe's k-means. A frame is published
+to live subscribers only after it is stored, in index order.
+
+The ``FrameEncoder`` of a sequence lives in memory. It is trusted only while every frame it
+encoded is stored: after any failure (and after a restart) the next frame gets a fresh encoder,
+whose first frame is a keyframe, i.e. a new GOP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from fastapi import HTTPException
+
+from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError, read_ply
+from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, StreamHeader, encode_message
+from splatcast.server.hub import Broadcaster, Item
+from splatcast.server.settings import Settings
+from splatcast.server.storage import FrameRecord, SequenceInfo, Storage
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+@dataclass
+class Ingested:
+    """Result of one frame upload: ``created`` is False for a safe retry of a stored frame."""
+
+    record: FrameRecord
+    created: bool
+
+
+class Sequences:
+    """The server's operations on sequences (raises ``HTTPException`` with a clear message)."""
+
+    def __init__(self, settings: Settings, storage: Storage, hub: Broadcaster) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.hub = hub
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._encoders: dict[str, FrameEncoder] = {}
+
+    def get(self, seq_id: str) -> SequenceInfo:
+        info = self.storage.get(seq_id)
+        if info is None:
+            raise HTTPException(404, f"no sequence {seq_id!r}")
+        return info
+
+    def _lock(self, seq_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(seq_id, asyncio.Lock())
+
+    def create(self, name: str, fps: float, codec: dict, seq_id: str | None = None) -> SequenceInfo:
+        if seq_id is not None and not re.match(ID_PATTERN, seq_id):
+            raise HTTPException(422, f"invalid sequence id {seq_id!r}: use 1-64 of A-Z a-z 0-9 _ - (not first)")
+        try:
+            config = CodecConfig.from_dict({**self.settings.codec_defaults, **codec, "device": self.settings.device})
+        except (ValueError, TypeError) as e:
+            raise HTTPException(422, str(e)) from None
+        if len(self.storage.list()) >= self.settings.max_sequences:
+            raise HTTPException(429, f"the server already stores {self.settings.max_sequences} sequences")
+        info = SequenceInfo(id=seq_id or secrets.token_hex(6), name=name, fps=fps, codec=config.to_dict(),
+                            created_at=time.time())
+        try:
+            self.storage.create(info)
+        except KeyError:
+            raise HTTPException(409, f"sequence {info.id!r} already exists") from None
+        return info
+
+    async def put_frame(self, seq_id: str, index: int, body: bytes) -> Ingested:
+        """Store frame ``index`` (the next one), or confirm a retry of a stored identical frame."""
+        async with self._lock(seq_id):
+            info = self.get(seq_id)
+            if index < info.frame_count:
+                return await asyncio.to_thread(self._check_retry, seq_id, index, body)
+            if info.finished:
+                raise HTTPException(409, f"sequence {seq_id!r} is finished ({info.frame_count} frames)")
+            if index != info.frame_count:
+                raise HTTPException(409, f"expected frame {info.frame_count}, got {index}: frames must come in order")
+            if index >= self.settings.max_frames:
+                raise HTTPException(413, f"sequence {seq_id!r} reached the limit of {self.settings.max_frames} frames")
+            record, message = await asyncio.to_thread(self._encode_and_store, info, index, body)
+            self.hub.publish(seq_id, Item("frame", message, record.index, record.frame_type))
+            return Ingested(record, created=True)
+
+    def _check_retry(self, seq_id: str, index: int, body: bytes) -> Ingested:
+        (record,) = self.storage.frames(seq_id, index, index + 1)
+        if hashlib.sha256(body).hexdigest() != record.sha256:
+            raise HTTPException(409, f"frame {index} is already stored with different content")
+        return Ingested(record, created=False)
+
+    def _encode_and_store(self, info: SequenceInfo, index: int, body: bytes) -> tuple[FrameRecord, bytes]:
+        received_at = time.time()
+        try:
+            frame = read_ply(body)
+        except PlyError as e:
+            raise HTTPException(400, f"bad PLY: {e}") from None
+        if frame.num_gaussians > self.settings.max_gaussians:
+            raise HTTPException(413, f"{frame.num_gaussians} Gaussians over the limit of {self.settings.max_gaussians}")
+        if info.sh_degree is not None and frame.sh_degree != info.sh_degree:
+            raise HTTPException(422, f"frame has SH degree {frame.sh_degree}, the sequence has {info.sh_degree}")
+        encoder = self._encoders.pop(info.id, None) or FrameEncoder(CodecConfig.from_dict(info.codec))
+        t0 = time.perf_counter()
+        try:
+            encoded = encoder.encode(frame)
+        except CodecError as e:
+            raise HTTPException(422, f"cannot encode frame {index}: {e}") from None
+        encode_ms = (time.perf_counter() - t0) * 1000
+        message = encode_message(FrameMessage(index=index, pts=index / info.fps, frame_type=encoded.frame_type,
+                                              num_gaussians=encoded.num_gaussians, payload=encoded.payload))
+        header = None
+        if index == 0:
+            header = encode_message(StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION,
+                                                 codec_params=info.codec, sh_degree=frame.sh_degree,
+                                                 fps=info.fps, name=info.name))
+        record = FrameRecord(index=index, frame_type=encoded.frame_type, num_gaussians=encoded.num_gaussians,
+                             raw_bytes=len(body), sha256=hashlib.sha256(body).hexdigest(), encode_ms=encode_ms,
+                             received_at=received_at)
+        record = self.storage.append(info.id, record, message, header=header, sh_degree=frame.sh_degree)
+        self._encoders[info.id] = encoder  # trusted again: everything it encoded is stored
+        return record, message
+
+    async def finish(self, seq_id: str) -> SequenceInfo:
+        """Append the end message (idempotent: finishing a finished sequence changes nothing)."""
+        async with self._lock(seq_id):
+            info = self.get(seq_id)
+            if info.finished:
+                return info
+            if info.frame_count == 0:
+                raise HTTPException(409, f"sequence {seq_id!r} has no frames to finish")
+            message = encode_message(EndOfStream(frame_count=info.frame_count))
+            await asyncio.to_thread(self.storage.finish, seq_id, message)
+            self._encoders.pop(seq_id, None)
+            self.hub.publish(seq_id, Item("end", message))
+            return self.get(seq_id)
+
+    async def delete(self, seq_id: str) -> None:
+        async with self._lock(seq_id):
+            if not await asyncio.to_thread(self.storage.delete, seq_id):
+                raise HTTPException(404, f"no sequence {seq_id!r}")
+            self._encoders.pop(seq_id, None)
+            message = encode_message(ErrorMessage(code="deleted", message=f"sequence {seq_id!r} was deleted"))
+            self.hub.publish(seq_id, Item("error", message))
+        self._locks.pop(seq_id, None)

@@ -1,0 +1,38 @@
+"""Server settings: every limit is explicit, read from ``SPLATCAST_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Configuration of one server process.
+
+    Each field can be set with an environment variable ``SPLATCAST_<FIELD>`` (for example
+    ``SPLATCAST_TOKEN=secret``, ``SPLATCAST_MAX_SUBSCRIBERS=50``); ``codec_defaults`` is JSON.
+    Invalid values raise ``pydantic.ValidationError`` at start-up.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SPLATCAST_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Directory of the SQLite index and the .splatcast streams.")
+    host: str = Field("127.0.0.1", description="Interface `splatcast serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of `splatcast serve`.")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="Encoding device: auto = CUDA when available.")
+    token: str | None = Field(None, description="Bearer token every write needs; None = open.")
+    protect_reads: bool = Field(False, description="Also require the token for reads and WebSocket streams.")
+    max_upload_bytes: int = Field(256 * MiB, gt=0, description="Largest PLY body of one frame upload (413 above).")
+    max_batch_bytes: int = Field(1024 * MiB, gt=0, description="Largest tar body of a whole-sequence upload (413 above).")
+    max_gaussians: int = Field(1_000_000, gt=0, description="Most Gaussians in one frame (413 above).")
+    max_frames: int = Field(100_000, gt=0, description="Most frames in one sequence (413 above).")
+    max_sequences: int = Field(10_000, gt=0, description="Most stored sequences (429 above).")
+    max_subscribers: int = Field(200, gt=0, description="Most live WebSocket subscribers per sequence (429 above).")
+    subscriber_queue: int = Field(16, gt=0, description="Frame messages queued per subscriber before it skips to the next keyframe.")
+    send_timeout_s: float = Field(10.0, gt=0, description="A WebSocket send slower than this drops the subscriber.")
+    codec_defaults: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields applied to new sequences unless the request sets them.")

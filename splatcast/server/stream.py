@@ -1,0 +1,130 @@
+"""One WebSocket subscriber: the stored frames it needs first, then live frames, then the end.
+
+Order of a stream: the header message, frames starting at the latest keyframe (or at frame 0
+with ``from_start``), each new frame as it is stored, and the end message; on a server-side
+error or a deleted sequence, an error message and a close. Each WebSocket message is exactly
+one protocol message, so their concatenation is a valid ``.splatcast`` file.
+
+No gap and no duplicate: the subscriber joins the live fan-out *before* it reads the stored
+index, sends stored frames until it has caught up, and then takes live frames, ignoring those
+it already sent. It only ever moves forward to the next frame or to a keyframe, so it never
+gets a frame whose reference it lacks (a subscriber that fell behind skips to a keyframe).
+A send slower than ``send_timeout_s`` ends the handler without a closing handshake: a client
+that stopped reading would hold a graceful close open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import WebSocket
+from fastapi.responses import JSONResponse
+
+from splatcast.protocol import ErrorMessage, encode_message
+from splatcast.server.hub import Subscription, TooManySubscribers
+from splatcast.server.sequences import Sequences
+
+log = logging.getLogger("splatcast.server")
+
+
+class SendTimeout(Exception):
+    """The subscriber did not take a message within ``send_timeout_s``."""
+
+
+async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_start: bool, realtime: bool) -> None:
+    """Run one subscriber until the stream ends, the client leaves, or a send times out."""
+    settings = seqs.settings
+    if seqs.storage.get(seq_id) is None:
+        await ws.send_denial_response(JSONResponse({"detail": f"no sequence {seq_id!r}"}, 404))
+        return
+    try:
+        sub = seqs.hub.subscribe(seq_id, settings.subscriber_queue, settings.max_subscribers)
+    except TooManySubscribers as e:
+        await ws.send_denial_response(JSONResponse({"detail": str(e)}, 429))
+        return
+    try:
+        await ws.accept()
+        sender = asyncio.create_task(_Sender(ws, seqs, sub, realtime).run(from_start))
+        watcher = asyncio.create_task(_until_disconnect(ws))
+        done, pending = await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if sender in done and sender.exception() is not None and watcher not in done:
+            exc = sender.exception()
+            if isinstance(exc, SendTimeout):
+                log.warning("dropped a subscriber of %s: a send took over %.1f s", seq_id, settings.send_timeout_s)
+            else:
+                log.error("stream of %s failed", seq_id, exc_info=exc)
+                await _close_with_error(ws, "internal", f"{type(exc).__name__}: {exc}", settings.send_timeout_s)
+    finally:
+        seqs.hub.unsubscribe(sub)
+
+
+async def _until_disconnect(ws: WebSocket) -> None:
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass  # subscribers have nothing to say; ignore what they send
+
+
+async def _close_with_error(ws: WebSocket, code: str, message: str, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(ws.send_bytes(encode_message(ErrorMessage(code=code, message=message))), timeout)
+        await ws.close(1011, message[:120])
+    except Exception:  # the connection is already gone: nothing left to tell
+        pass
+
+
+class _Sender:
+    def __init__(self, ws: WebSocket, seqs: Sequences, sub: Subscription, realtime: bool) -> None:
+        self.ws, self.storage, self.sub, self.realtime = ws, seqs.storage, sub, realtime
+        self.seq_id = sub.seq_id
+        self.timeout = seqs.settings.send_timeout_s
+        self.header_sent = False
+        self.clock: tuple[float, int] | None = None  # (loop time, index) of the first frame sent
+
+    async def run(self, from_start: bool) -> None:
+        info = self.storage.get(self.seq_id)  # read after subscribing: nothing falls in between
+        if info is None:
+            return
+        next_index = 0 if from_start or not info.keyframes else info.keyframes[-1]
+        while rows := self.storage.frames(self.seq_id, next_index):
+            for row in rows:
+                data = await asyncio.to_thread(self.storage.read, self.seq_id, row.offset, row.length)
+                await self.send_frame(row.index, data, info.fps)
+                next_index = row.index + 1
+        if info.finished:
+            end = self.storage.read(self.seq_id, info.header_bytes + info.frame_bytes, info.end_bytes)
+            await self.send(end)
+            await self.ws.close(1000)
+            return
+        while True:
+            item = await self.sub.get()
+            if item.kind == "frame":
+                if item.index == next_index or (item.index > next_index and item.frame_type == "keyframe"):
+                    await self.send_frame(item.index, item.message, info.fps)
+                    next_index = item.index + 1
+                continue
+            await self.send(item.message)
+            await self.ws.close(1000 if item.kind == "end" else 1011)
+            return
+
+    async def send_frame(self, index: int, data: bytes, fps: float) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.header_sent:
+            info = self.storage.get(self.seq_id)
+            await self.send(self.storage.read(self.seq_id, 0, info.header_bytes))
+            self.header_sent = True
+        if self.realtime:
+            if self.clock is None:
+                self.clock = (loop.time(), index)
+            delay = self.clock[0] + (index - self.clock[1]) / fps - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await self.send(data)
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await asyncio.wait_for(self.ws.send_bytes(data), self.timeout)
+        except TimeoutError:
+            raise SendTimeout() from None
