@@ -108,7 +108,7 @@ def _payload_to_wire(value: Payload, depth: int):
         dtype = value.dtype.newbyteorder("<")
         if dtype.str not in DTYPES:
             raise SchemaError(f"array dtype {value.dtype} is not allowed (allowed: {sorted(DTYPES)})")
-        value = np.ascontiguousarray(value, dtype=dtype)
+        value = np.asarray(value, dtype=dtype, order="C")  # (ascontiguousarray makes 0-d 1-d)
         return {"dtype": dtype.str, "shape": list(value.shape), "data": value.reshape(-1).view(np.uint8).data}
     if isinstance(value, np.generic):
         value = value.item()  # numpy scalar -> Python scalar
@@ -254,7 +254,7 @@ def _array_from_wire(m: dict, depth: int, limits: Limits) -> np.ndarray:
     if math.prod(shape) * dtype.itemsize != len(data):
         raise SchemaError(f"array of shape {shape} and dtype {dtype.str} needs "
                           f"{math.prod(shape) * dtype.itemsize} bytes, data has {len(data)}")
-    array = np.frombuffer(data, dtype).reshape(shape)
+    array = np.frombuffer(data, dtype).reshape(tuple(shape))
     if dtype.kind == "b" and data and np.frombuffer(data, np.uint8).max() > 1:
         raise SchemaError("bool array bytes must be 0 or 1")
     return array
