@@ -1,6 +1,11 @@
 """Pure computation: GaussianFrame, PLY I/O and the inter-frame codec (no sockets, no asyncio)."""
 
+from splatcast.codec.config import CODEC_NAME, CODEC_VERSION, FRAME_TYPES, CodecConfig, CodecError
+from splatcast.codec.decoder import FrameDecoder
+from splatcast.codec.encoder import EncodedFrame, FrameEncoder
 from splatcast.codec.frame import C0, SH_COEFFS, GaussianFrame
 from splatcast.codec.ply import PlyError, ply_bytes, read_ply, write_ply
 
-__all__ = ["C0", "SH_COEFFS", "GaussianFrame", "PlyError", "ply_bytes", "read_ply", "write_ply"]
+__all__ = ["C0", "SH_COEFFS", "GaussianFrame",
+           "CODEC_NAME", "CODEC_VERSION", "FRAME_TYPES", "CodecConfig", "CodecError", "FrameDecoder",
+           "EncodedFrame", "FrameEncoder", "PlyError", "ply_bytes", "read_ply", "write_ply"]

@@ -1,0 +1,228 @@
+"""FrameDecoder: payload dicts -> GaussianFrame, validating everything (layout: docs/CODEC.md).
+
+Decoding is plain numpy on the CPU with a fixed float32 operation order, so the encoder (which
+reconstructs by running this same code on its own payloads) and any other decoder that follows
+docs/CODEC.md get bit-identical frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from splatcast.codec import morton
+from splatcast.codec.config import CodecError
+from splatcast.codec.frame import GaussianFrame
+
+GROUP_DIMS = {"rotation": 4, "scale": 3, "opacity": 1, "sh0": 3,
+              "shN_1": 9, "shN_2": 15, "shN_3": 21}
+"""Codebook groups and their vector length D. shN_b holds SH band b (2b+1 coefficients x 3
+channels, coefficient-major), i.e. shN[:, b*b-1 : (b+1)*(b+1)-1, :] flattened."""
+
+MAX_Q = 2**24
+"""Decoded integer coordinates stay in (-MAX_Q, MAX_Q) so they are exact in float32."""
+
+_ID_DTYPES = (np.uint8, np.uint16)
+_UINT = (np.uint8, np.uint16, np.uint32, np.uint64)
+_INT = (np.int8, np.int16, np.int32)
+
+
+def group_names(sh_degree: int) -> list[str]:
+    """Codebook groups used at an SH degree, in payload order."""
+    return ["rotation", "scale", "opacity", "sh0"] + [f"shN_{b}" for b in range(1, sh_degree + 1)]
+
+
+@dataclass
+class DecoderState:
+    """What a decoder keeps between frames (the previous reconstructed frame, in codec order)."""
+
+    sh_degree: int
+    step: np.float32
+    codebooks: dict[str, np.ndarray]  # name -> [K, D] float32
+    origin: np.ndarray  # [3] float32
+    q: np.ndarray  # [N, 3] int32 grid coordinates
+    ids: dict[str, np.ndarray]  # name -> [N] uint8/uint16
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.q.shape[0])
+
+
+def decode_payload(state: DecoderState | None, frame_type: str, num_gaussians: int,
+                   payload: dict) -> DecoderState:
+    """The decoder state after one frame; ``state`` is not modified. Raises ``CodecError``."""
+    if not isinstance(payload, dict):
+        raise CodecError(f"payload must be a dict, got {type(payload).__name__}")
+    if not isinstance(num_gaussians, int) or isinstance(num_gaussians, bool) or num_gaussians < 0:
+        raise CodecError(f"num_gaussians must be a non-negative int, got {num_gaussians!r}")
+    if frame_type == "keyframe":
+        return _keyframe(num_gaussians, payload)
+    if state is None:
+        raise CodecError(f"{frame_type!r} frame before any keyframe: start decoding at a keyframe")
+    if frame_type == "intra":
+        return _intra(state, num_gaussians, payload)
+    if frame_type == "interframe":
+        return _interframe(state, num_gaussians, payload)
+    raise CodecError(f"unknown frame type {frame_type!r}")
+
+
+def reconstruct(state: DecoderState) -> dict[str, np.ndarray]:
+    """The frame a state stands for, as float32 numpy arrays named like GaussianFrame's fields."""
+    n = state.num_gaussians
+    cb, ids = state.codebooks, state.ids
+
+    def take(name: str) -> np.ndarray:
+        return np.take(cb[name], ids[name], axis=0)
+
+    bands = [take(f"shN_{b}").reshape(n, 2 * b + 1, 3) for b in range(1, state.sh_degree + 1)]
+    return dict(
+        means=state.origin[None, :] + state.q.astype(np.float32) * state.step,
+        scales=take("scale"),
+        quats=take("rotation"),
+        opacities=take("opacity")[:, 0].copy(),
+        sh0=take("sh0"),
+        shN=np.concatenate(bands, axis=1) if bands else np.zeros((n, 0, 3), np.float32),
+    )
+
+
+class FrameDecoder:
+    """Stateful decoder, one per subscriber; may start at any keyframe.
+
+    ``decode(frame_type, num_gaussians, payload) -> GaussianFrame`` (tensors on ``device``, in
+    the codec's order: Morton order of the last keyframe or intra frame). Raises ``CodecError``
+    for an intra or interframe before a keyframe and for any payload inconsistent with itself or
+    with ``num_gaussians``; the state is left unchanged then.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.state: DecoderState | None = None
+
+    def decode(self, frame_type: str, num_gaussians: int, payload: dict) -> GaussianFrame:
+        self.state = decode_payload(self.state, frame_type, num_gaussians, payload)
+        arrays = reconstruct(self.state)
+        return GaussianFrame(**{k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()})
+
+
+# --- frame types -------------------------------------------------------------------------------
+
+def _keyframe(n: int, p: dict) -> DecoderState:
+    _keys(p, {"sh_degree", "step", "codebooks", "origin", "morton", "ids"}, "keyframe payload")
+    sh_degree = _int(p, "sh_degree", 0, 3)
+    step = p["step"]
+    if not isinstance(step, float) or not (0.0 < step < 1e30) or np.float32(step) != step:
+        raise CodecError(f"step must be a positive finite float32 value, got {step!r}")
+    names = group_names(sh_degree)
+    books = _dict(p, "codebooks", names)
+    codebooks = {}
+    for name in names:
+        cb = _array(books, name, (np.float16,), (None, GROUP_DIMS[name]), f"codebooks.{name}")
+        if not 1 <= cb.shape[0] <= 65536 or not np.isfinite(cb).all():
+            raise CodecError(f"codebooks.{name}: 1..65536 finite rows expected")
+        codebooks[name] = cb.astype(np.float32)
+    origin, q = _positions(n, p)
+    ids = _ids(n, p, codebooks)
+    return DecoderState(sh_degree, np.float32(step), codebooks, origin, q, ids)
+
+
+def _intra(state: DecoderState, n: int, p: dict) -> DecoderState:
+    _keys(p, {"origin", "morton", "ids"}, "intra payload")
+    origin, q = _positions(n, p)
+    ids = _ids(n, p, state.codebooks)
+    return DecoderState(state.sh_degree, state.step, state.codebooks, origin, q, ids)
+
+
+def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
+    _keys(p, {"unit", "pos_mask", "pos_delta", "id_masks", "id_values"}, "interframe payload")
+    if n != state.num_gaussians:
+        raise CodecError(f"interframe for {n} Gaussians, reference frame has {state.num_gaussians}")
+    unit = _int(p, "unit", 1, 2**21)
+    mask = _mask(p, "pos_mask", n, "pos_mask")
+    delta = _array(p, "pos_delta", _INT, (int(mask.sum()), 3), "pos_delta")
+    q = state.q.copy()
+    moved = q[mask].astype(np.int64) + delta.astype(np.int64) * unit
+    if moved.size and np.abs(moved).max() >= MAX_Q:
+        raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
+    q[mask] = moved
+    names = list(state.codebooks)
+    masks, values = _dict(p, "id_masks", names), _dict(p, "id_values", names)
+    ids = {}
+    for name in names:
+        m = _mask(masks, name, n, f"id_masks.{name}")
+        old = state.ids[name]
+        v = _array(values, name, (old.dtype.type,), (int(m.sum()),), f"id_values.{name}")
+        _check_ids(v, state.codebooks[name].shape[0], f"id_values.{name}")
+        new = old.copy()
+        new[m] = v
+        ids[name] = new
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.origin, q, ids)
+
+
+# --- fields ------------------------------------------------------------------------------------
+
+def _positions(n: int, p: dict) -> tuple[np.ndarray, np.ndarray]:
+    origin = _array(p, "origin", (np.float32,), (3,), "origin")
+    if not np.isfinite(origin).all():
+        raise CodecError("origin must be finite")
+    deltas = _array(p, "morton", _UINT, (n,), "morton")
+    codes = np.cumsum(deltas, dtype=np.uint64)
+    if n and (int(deltas.max()) >= 2**63 or np.any(codes[1:] < codes[:-1]) or int(codes[-1]) >= 2**63):
+        raise CodecError("morton deltas overflow 63-bit codes")
+    return origin, morton.decode(codes)
+
+
+def _ids(n: int, p: dict, codebooks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    groups = _dict(p, "ids", list(codebooks))
+    out = {}
+    for name, cb in codebooks.items():
+        want = np.uint8 if cb.shape[0] <= 256 else np.uint16
+        ids = _array(groups, name, (want,), (n,), f"ids.{name}")
+        _check_ids(ids, cb.shape[0], f"ids.{name}")
+        out[name] = ids
+    return out
+
+
+def _check_ids(ids: np.ndarray, k: int, what: str) -> None:
+    if ids.size and int(ids.max()) >= k:
+        raise CodecError(f"{what}: id {int(ids.max())} out of range for a codebook of {k}")
+
+
+def _mask(p: dict, key: str, n: int, what: str) -> np.ndarray:
+    packed = _array(p, key, (np.uint8,), ((n + 7) // 8,), what)
+    bits = np.unpackbits(packed, bitorder="little")
+    if bits[n:].any():
+        raise CodecError(f"{what}: padding bits beyond {n} must be zero")
+    return bits[:n].astype(bool)
+
+
+def _keys(p: dict, keys: set[str], what: str) -> None:
+    if set(p) != keys:
+        raise CodecError(f"{what}: expected keys {sorted(keys)}, got {sorted(map(str, p))}")
+
+
+def _dict(p: dict, key: str, names: list[str]) -> dict:
+    d = p[key]
+    if not isinstance(d, dict):
+        raise CodecError(f"{key} must be a dict")
+    _keys(d, set(names), key)
+    return d
+
+
+def _int(p: dict, key: str, lo: int, hi: int) -> int:
+    v = p[key]
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise CodecError(f"{key} must be an int in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _array(p: dict, key: str, dtypes: tuple, shape: tuple, what: str) -> np.ndarray:
+    a = p[key]
+    if not isinstance(a, np.ndarray) or a.dtype.type not in dtypes:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise CodecError(f"{what}: expected an array of {[d.__name__ for d in dtypes]}, got {got}")
+    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+        raise CodecError(f"{what}: shape {a.shape}, expected {shape}")
+    return a
+

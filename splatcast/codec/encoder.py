@@ -1,0 +1,303 @@
+"""FrameEncoder: GaussianFrame sequence -> keyframe / intra / interframe payloads (docs/CODEC.md).
+
+Design after gsvvcompressor (VQ of attributes + uniform XYZ quantisation, keyframes and deltas
+against the previous *reconstructed* frame); see docs/CODEC.md for what differs and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zstandard
+from scipy.spatial import cKDTree
+
+from splatcast.codec import kmeans, morton
+from splatcast.codec.config import CodecConfig, CodecError
+from splatcast.codec.decoder import MAX_Q, FrameDecoder
+from splatcast.codec.frame import GaussianFrame
+
+NN_SAMPLE = 10000
+"""Gaussians whose nearest-neighbour distance estimates the position step."""
+NN_QUANTILE = 0.05
+"""Quantile of those distances that ``alpha`` multiplies (gsvvcompressor's default)."""
+EXTENT_FRACTION = 5e-4
+"""Derived interframe tolerance keeps position errors within this fraction of the scene extent."""
+OPACITY_EPS = 1e-4
+"""Opacity centroids are clipped to [eps, 1 - eps] before the logit (finite codebooks)."""
+
+
+@dataclass
+class EncodedFrame:
+    """One encoded frame: what goes on the wire plus what a decoder will reconstruct.
+
+    - ``frame_type``: one of FRAME_TYPES; ``num_gaussians``: N.
+    - ``payload``: dict of numpy arrays / int / float / str / bool / nested dicts (docs/CODEC.md).
+    - ``reconstruction``: exactly what ``FrameDecoder("cpu")`` returns for this frame.
+    - ``source_rows``: [N] int64, the input row of each decoded Gaussian (decoded Gaussians come
+      out in the codec's Morton order; ``input[source_rows]`` lines up with the reconstruction).
+    """
+
+    frame_type: str
+    num_gaussians: int
+    payload: dict
+    reconstruction: GaussianFrame
+    source_rows: np.ndarray
+
+
+class FrameEncoder:
+    """Stateful encoder, one per sequence: ``encode(frame) -> EncodedFrame``.
+
+    The first frame, every ``gop``-th frame and any frame whose positions no longer fit the
+    GOP's grid are keyframes (k-means codebooks, step size). A frame with another Gaussian count
+    is an intra frame (all data, current codebooks). Otherwise the smaller of an intra frame and
+    an interframe (changes against the previous reconstruction, rows matched by input index)
+    is sent. Raises ``CodecError`` for a change of SH degree or non-finite values.
+    """
+
+    def __init__(self, config: CodecConfig = CodecConfig()) -> None:
+        self.config = config
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise CodecError("CodecConfig.device is 'cuda' but CUDA is not available")
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(auto if config.device == "auto" else config.device)
+        self._decoder = FrameDecoder("cpu")  # its state is the reference for the next frame
+        self._sh_degree: int | None = None
+        self._gop_pos = 0  # frames since the last keyframe
+        self._order = np.zeros(0, np.int64)  # [N] input row of each codec row
+        self._books: dict[str, torch.Tensor] = {}  # name -> [K, D] centroids in feature space
+        self._tolerance = 0
+        self._feats: dict[str, torch.Tensor] = {}  # previous input's features, input order
+        self._ids: dict[str, torch.Tensor] = {}  # previous input's ids, input order
+
+    def encode(self, frame: GaussianFrame) -> EncodedFrame:
+        """Encode the next frame of the sequence (any device; float32 tensors)."""
+        if self._sh_degree is None:
+            self._sh_degree = frame.sh_degree
+        elif frame.sh_degree != self._sh_degree:
+            raise CodecError(f"SH degree changed from {self._sh_degree} to {frame.sh_degree}")
+        _check_finite(frame)
+        means = frame.means.detach().cpu().numpy().astype(np.float64)  # [N, 3]
+        feats = _features(frame.to(self.device))
+        state = self._decoder.state
+        candidates = []
+        if state is not None and self._gop_pos < self.config.gop:
+            ids = self._assign(feats)
+            candidates.append(self._intra(means, ids))
+            if frame.num_gaussians == state.num_gaussians:
+                candidates.append(self._interframe(means, ids))
+            candidates = [c for c in candidates if c is not None]
+        if candidates:
+            kind, payload, order = min(candidates, key=lambda c: _size(c[1]))
+            self._gop_pos += 1
+        else:
+            kind, payload, order, ids = self._keyframe(means, feats)
+            self._gop_pos = 1
+        recon = self._decoder.decode(kind, frame.num_gaussians, payload)
+        self._order, self._feats, self._ids = order, feats, ids
+        return EncodedFrame(kind, frame.num_gaussians, payload, recon, order)
+
+    # --- frame types ---------------------------------------------------------------------------
+
+    def _keyframe(self, means: np.ndarray, feats: dict[str, torch.Tensor]):
+        step = _derive_step(means, self.config)
+        if self.config.tolerance is not None:
+            self._tolerance = self.config.tolerance
+        else:
+            self._tolerance = max(0, int(EXTENT_FRACTION * _extent(means) / step - 0.5))
+        origin, order, deltas = _positions(means, step)
+        codebooks = {}
+        for i, (name, x) in enumerate(feats.items()):
+            fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i) if len(x) else \
+                torch.zeros((1, x.shape[1]), device=x.device)
+            codebooks[name] = _to_stored(name, fitted)
+        self._books = {name: _from_stored(name, cb, self.device) for name, cb in codebooks.items()}
+        ids = self._assign(feats, full=True)
+        payload = dict(sh_degree=self._sh_degree, step=step, codebooks=codebooks, origin=origin,
+                       morton=deltas, ids=self._id_arrays(ids, order))
+        return "keyframe", payload, order, ids
+
+    def _intra(self, means: np.ndarray, ids: dict[str, torch.Tensor]):
+        try:
+            origin, order, deltas = _positions(means, float(self._decoder.state.step))
+        except _GridOverflow:
+            return None  # the frame left the GOP's grid: a keyframe picks a new step
+        payload = dict(origin=origin, morton=deltas, ids=self._id_arrays(ids, order))
+        return "intra", payload, order
+
+    def _interframe(self, means: np.ndarray, ids: dict[str, torch.Tensor]):
+        state, order = self._decoder.state, self._order
+        unit = 2 * self._tolerance + 1
+        err = (means[order] - state.origin.astype(np.float64)) / float(state.step) - state.q
+        mask = (np.abs(err) > self._tolerance + 0.5).any(1)  # [N]
+        delta = np.rint(err[mask] / unit).astype(np.int64)  # [M, 3]
+        if delta.size and np.abs(state.q[mask] + delta * unit).max() >= MAX_Q:
+            return None
+        id_masks, id_values = {}, {}
+        for name, cur in self._id_arrays(ids, order).items():
+            changed = cur != state.ids[name]
+            id_masks[name] = _pack(changed)
+            id_values[name] = np.ascontiguousarray(cur[changed])
+        payload = dict(unit=unit, pos_mask=_pack(mask), pos_delta=_narrow_int(delta),
+                       id_masks=id_masks, id_values=id_values)
+        return "interframe", payload, order
+
+    # --- attributes ----------------------------------------------------------------------------
+
+    def _assign(self, feats: dict[str, torch.Tensor], full: bool = False) -> dict[str, torch.Tensor]:
+        """Codebook ids [N] int64 per group, input order; rows unchanged since the previous
+        input frame keep their ids (same features, same codebook, same nearest centroid)."""
+        out = {}
+        for name, x in feats.items():
+            prev = self._feats.get(name)
+            if full or prev is None or prev.shape != x.shape:
+                out[name] = kmeans.assign(x, self._books[name])
+                continue
+            rows = (x != prev).any(1).nonzero()[:, 0]
+            ids = self._ids[name].clone()
+            ids[rows] = kmeans.assign(x[rows], self._books[name])
+            out[name] = ids
+        return out
+
+    def _id_arrays(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, np.ndarray]:
+        """Ids in codec order as uint8 (codebooks <= 256 entries) or uint16."""
+        out = {}
+        for name, v in ids.items():
+            dtype = np.uint8 if self._books[name].shape[0] <= 256 else np.uint16
+            out[name] = np.ascontiguousarray(v.cpu().numpy()[order].astype(dtype))
+        return out
+
+
+class _GridOverflow(Exception):
+    """Positions span more than 2**21 steps on some axis."""
+
+
+def _features(frame: GaussianFrame) -> dict[str, torch.Tensor]:
+    """Per group, the [N, D] float32 vectors that k-means clusters (docs/CODEC.md)."""
+    q = frame.quats
+    norm = q.norm(dim=1, keepdim=True)
+    unit = torch.where(norm > 0, q / norm.clamp(min=1e-30), torch.tensor([1.0, 0, 0, 0], device=q.device))
+    unit = torch.where(unit[:, :1] < 0, -unit, unit)  # q and -q are the same rotation: w >= 0
+    out = {"rotation": unit, "scale": frame.scales,
+           "opacity": torch.sigmoid(frame.opacities).unsqueeze(1), "sh0": frame.sh0}
+    n = frame.num_gaussians
+    for b in range(1, frame.sh_degree + 1):
+        out[f"shN_{b}"] = frame.shN[:, b * b - 1:(b + 1) ** 2 - 1, :].reshape(n, 3 * (2 * b + 1))
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _to_stored(name: str, c: torch.Tensor) -> np.ndarray:
+    """Centroids in feature space [K, D] -> codebook as sent: float16 [K, D]."""
+    if name == "rotation":
+        norm = c.norm(dim=1, keepdim=True)
+        c = torch.where(norm > 0, c / norm.clamp(min=1e-30), torch.tensor([1.0, 0, 0, 0], device=c.device))
+    elif name == "opacity":
+        c = torch.logit(c.clamp(OPACITY_EPS, 1 - OPACITY_EPS))
+    return np.clip(c.cpu().numpy(), -65504, 65504).astype(np.float16)
+
+
+def _from_stored(name: str, cb: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Codebook as sent -> centroids in feature space, [K, D] float32 on ``device``."""
+    c = torch.from_numpy(cb.astype(np.float32)).to(device)
+    return torch.sigmoid(c) if name == "opacity" else c
+
+
+def _derive_step(means: np.ndarray, config: CodecConfig) -> float:
+    """Position step (a float32 value): explicit, or alpha x the 5 % NN-distance quantile; if
+    the positions lie on a lattice of that spacing (voxelised captures), the lattice spacing."""
+    span = float((means.max(0) - means.min(0)).max()) if len(means) else 0.0
+    if config.step is not None:
+        step = config.step
+    else:
+        step = _nn_step(means, config)
+    return float(np.float32(max(step, span / (2**morton.BITS - 2), 1e-30)))
+
+
+def _nn_step(means: np.ndarray, config: CodecConfig) -> float:
+    if len(means) < 2:
+        return 1.0
+    rng = np.random.default_rng(config.seed)
+    sample = means[rng.choice(len(means), min(NN_SAMPLE, len(means)), replace=False)]
+    dist, _ = cKDTree(means).query(sample, k=2)
+    nn = dist[:, 1][dist[:, 1] > 0]
+    if not len(nn):
+        return 1.0
+    d = float(np.quantile(nn, NN_QUANTILE))
+    lattice = _lattice_spacing(means, sample, d)
+    return lattice if lattice is not None else config.alpha * d
+
+
+def _lattice_spacing(means: np.ndarray, sample: np.ndarray, d: float) -> float | None:
+    """The spacing of a uniform lattice all positions lie on, when ``d`` is (nearly) it."""
+    lo = means.min(0)
+    axis = int(np.argmax(means.max(0) - lo))
+    cells = np.rint((means[:, axis].max() - lo[axis]) / d)
+    if cells < 1:
+        return None
+    spacing = (means[:, axis].max() - lo[axis]) / cells  # refined over the whole span
+    k = (sample - lo) / spacing
+    return spacing if np.abs(k - np.rint(k)).max() <= 1e-3 else None
+
+
+def _extent(means: np.ndarray) -> float:
+    """Diagonal of the 1st..99th percentile box of the positions (robust scene extent)."""
+    if not len(means):
+        return 0.0
+    return float(np.linalg.norm(np.percentile(means, 99, 0) - np.percentile(means, 1, 0)))
+
+
+def _positions(means: np.ndarray, step: float):
+    """Grid origin (float32 [3]), Morton order [N] and sorted-code deltas for a step."""
+    origin = (means.min(0) if len(means) else np.zeros(3)).astype(np.float32)
+    q = np.maximum(np.rint((means - origin.astype(np.float64)) / step), 0)
+    if q.size and q.max() >= 2**morton.BITS:
+        raise _GridOverflow
+    codes = morton.encode(q.astype(np.int64))
+    order = np.argsort(codes, kind="stable")
+    codes = codes[order]
+    deltas = np.diff(codes, prepend=np.uint64(0))
+    return origin, order, _narrow_uint(deltas)
+
+
+def _narrow_uint(a: np.ndarray) -> np.ndarray:
+    top = int(a.max()) if a.size else 0
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if top <= np.iinfo(dt).max:
+            return np.ascontiguousarray(a.astype(dt))
+
+
+def _narrow_int(a: np.ndarray) -> np.ndarray:
+    top = int(np.abs(a).max()) if a.size else 0
+    for dt in (np.int8, np.int16, np.int32):
+        if top <= np.iinfo(dt).max:
+            return np.ascontiguousarray(a.astype(dt))
+    raise CodecError("interframe delta beyond int32")
+
+
+def _pack(mask: np.ndarray) -> np.ndarray:
+    return np.packbits(mask, bitorder="little")
+
+
+def _arrays(payload: dict):
+    for v in payload.values():
+        if isinstance(v, dict):
+            yield from _arrays(v)
+        elif isinstance(v, np.ndarray):
+            yield v
+
+
+_ZSTD = zstandard.ZstdCompressor(level=3)
+
+
+def _size(payload: dict) -> int:
+    """Estimated wire size: zstd of all arrays' bytes (the protocol compresses the same way)."""
+    return len(_ZSTD.compress(b"".join(a.tobytes() for a in _arrays(payload))))
+
+
+def _check_finite(frame: GaussianFrame) -> None:
+    for name in ("means", "scales", "quats", "sh0", "shN"):
+        if not torch.isfinite(getattr(frame, name)).all():
+            raise CodecError(f"{name} has non-finite values")
+    if torch.isnan(frame.opacities).any():
+        raise CodecError("opacities have NaN values")

@@ -1,0 +1,209 @@
+"""The inter-frame codec on real data: round trips, error bands, sizes, hostile payloads."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+
+from splatcast.codec import (CodecConfig, CodecError, FrameDecoder, FrameEncoder, GaussianFrame,
+                             read_ply)
+from splatcast.codec.metrics import frame_errors
+from splatcast.protocol import FrameMessage, encode_message
+
+FIELDS = [f.name for f in fields(GaussianFrame)]
+
+
+def frames(directory, count):
+    return [read_ply(p) for p in sorted(directory.glob("*.ply"))[:count]]
+
+
+def rows(frame: GaussianFrame, index: np.ndarray) -> GaussianFrame:
+    idx = torch.from_numpy(index)
+    return GaussianFrame(**{k: getattr(frame, k)[idx] for k in FIELDS})
+
+
+def identical(a: GaussianFrame, b: GaussianFrame) -> bool:
+    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in FIELDS)
+
+
+def wire_bytes(i: int, enc) -> int:
+    return len(encode_message(FrameMessage(i, i / 30, enc.frame_type, enc.num_gaussians, enc.payload)))
+
+
+def round_trip(seq, config=CodecConfig()):
+    """Encode and decode a sequence; per frame (encoded, decoded, errors vs input, bytes)."""
+    encoder, decoder, out = FrameEncoder(config), FrameDecoder(), []
+    for i, frame in enumerate(seq):
+        enc = encoder.encode(frame)
+        dec = decoder.decode(enc.frame_type, enc.num_gaussians, enc.payload)
+        assert identical(dec, enc.reconstruction), f"frame {i}: decoder differs from encoder"
+        assert sorted(enc.source_rows.tolist()) == list(range(frame.num_gaussians))
+        out.append((enc, dec, frame_errors(rows(frame, enc.source_rows), dec), wire_bytes(i, enc)))
+    return out
+
+
+def position_bound(enc, step: float) -> float:
+    """Documented bound: step/2 (keyframe, intra), unit*step/2 (interframe), + float32 rounding."""
+    unit = enc.payload.get("unit", 1)
+    return unit * step / 2 + 1e-6 * 4
+
+
+@pytest.fixture(scope="module")
+def tile_frames(tile_dir):
+    return frames(tile_dir, 10)
+
+
+@pytest.fixture(scope="module")
+def loot_frames(loot_dir):
+    return frames(loot_dir, 10)
+
+
+def test_tracked_sequence_round_trip(tile_frames):
+    result = round_trip(tile_frames)
+    types = [enc.frame_type for enc, *_ in result]
+    assert types == ["keyframe"] + ["interframe"] * 9
+    step = result[0][0].payload["step"]
+    for enc, dec, err, size in result:
+        assert err["position_max_abs"] <= position_bound(enc, step)
+        assert err["color_rmse_255"] < 20 and err["opacity_rmse"] < 0.01
+        assert err["rotation_deg_mean"] < 20 and err["scale_rel_mean"] < 0.4
+        assert torch.allclose(dec.quats.norm(dim=1), torch.ones(dec.num_gaussians), atol=2e-3)
+    key_bpg = result[0][3] / tile_frames[0].num_gaussians
+    inter_bpg = np.mean([size for *_, size in result[1:]]) / tile_frames[0].num_gaussians
+    assert key_bpg < 9.0 and inter_bpg < 2.5, (key_bpg, inter_bpg)
+
+
+def test_untracked_loot_round_trip(loot_frames):
+    result = round_trip(loot_frames)
+    assert [enc.frame_type for enc, *_ in result] == ["keyframe"] + ["intra"] * 9
+    assert result[0][0].payload["step"] == pytest.approx(0.0078125, rel=1e-5)  # the voxel lattice
+    for enc, dec, err, size in result:
+        assert err["position_max_abs"] <= 1e-3  # within 1 mm (the voxels are 7.8 mm)
+        assert err["color_rmse_255"] <= 2.0
+        assert err["opacity_rmse"] < 1e-3 and err["scale_rel_max"] < 1e-3
+        assert size / enc.num_gaussians < 1.7, (enc.frame_type, size / enc.num_gaussians)
+
+
+def test_count_change_and_gop(tile_frames):
+    seq = [tile_frames[0], tile_frames[1], rows(tile_frames[2], np.arange(9000)), tile_frames[3],
+           tile_frames[4]]
+    types = [enc.frame_type for enc, *_ in round_trip(seq, CodecConfig(gop=4))]
+    assert types == ["keyframe", "interframe", "intra", "intra", "keyframe"]
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2])
+def test_lower_sh_degrees_and_infinite_opacity(tile_frames, degree):
+    k = (degree + 1) ** 2 - 1
+    f = tile_frames[0]
+    opac = f.opacities.clone()
+    opac[:50] = float("inf")  # as in the biker scene
+    seq = [replace(f, shN=f.shN[:, :k].contiguous(), opacities=opac)] * 2
+    result = round_trip(seq)
+    for enc, dec, err, _ in result:
+        assert dec.sh_degree == degree and torch.isfinite(dec.opacities).all()
+        assert err["opacity_rmse"] < 0.01
+    assert result[1][0].frame_type == "interframe" and result[1][3] < 300  # nothing changed
+
+
+def test_deterministic(tile_frames):
+    a = [enc.payload for enc, *_ in round_trip(tile_frames[:3])]
+    b = [enc.payload for enc, *_ in round_trip(tile_frames[:3])]
+    assert [encode_message(FrameMessage(0, 0.0, "keyframe", 1, p)) for p in a] == \
+        [encode_message(FrameMessage(0, 0.0, "keyframe", 1, p)) for p in b]
+
+
+def test_sh_degree_change_is_an_error(tile_frames):
+    enc = FrameEncoder()
+    enc.encode(tile_frames[0])
+    f = tile_frames[1]
+    with pytest.raises(CodecError, match="SH degree"):
+        enc.encode(replace(f, shN=f.shN[:, :3].contiguous()))
+
+
+def test_non_finite_input_is_an_error(tile_frames):
+    f = tile_frames[0]
+    means = f.means.clone()
+    means[3, 1] = float("nan")
+    with pytest.raises(CodecError, match="means"):
+        FrameEncoder().encode(replace(f, means=means))
+
+
+def test_config_round_trip_and_validation():
+    c = CodecConfig(gop=10, step=0.01, tolerance=2)
+    assert CodecConfig.from_dict(c.to_dict()) == c
+    for bad in ({"gop": 0}, {"codebook_size": 1}, {"alpha": -1.0}, {"step": 0.0},
+                {"device": "tpu"}, {"tolerance": True}, {"bogus": 1}):
+        with pytest.raises(ValueError):
+            CodecConfig.from_dict(bad)
+
+
+def _mutations(key: dict, inter: dict, n: int):
+    """(name, frame_type, num_gaussians, payload, needs_keyframe_first) of broken payloads."""
+    def edit(p, path, value):
+        p = {k: (dict(v) if isinstance(v, dict) else v) for k, v in p.items()}
+        d = p
+        for k in path[:-1]:
+            d = d[k]
+        if value is KeyError:
+            del d[path[-1]]
+        else:
+            d[path[-1]] = value
+        return p
+
+    ids = key["ids"]["sh0"]
+    books = key["codebooks"]["sh0"]
+    yield "count", "keyframe", n + 1, key, False
+    yield "missing key", "keyframe", n, edit(key, ["origin"], KeyError), False
+    yield "extra key", "keyframe", n, edit(key, ["extra"], 1), False
+    yield "id dtype", "keyframe", n, edit(key, ["ids", "sh0"], ids.astype(np.int32)), False
+    yield "id range", "keyframe", n, edit(key, ["codebooks", "sh0"], books[:3]), False
+    yield "short ids", "keyframe", n, edit(key, ["ids", "sh0"], ids[:-1]), False
+    yield "nan codebook", "keyframe", n, edit(key, ["codebooks", "sh0"], books * np.float16("nan")), False
+    yield "step", "keyframe", n, edit(key, ["step"], -1.0), False
+    yield "step type", "keyframe", n, edit(key, ["step"], "1"), False
+    yield "sh degree", "keyframe", n, edit(key, ["sh_degree"], 7), False
+    yield "morton overflow", "keyframe", n, edit(key, ["morton"], np.full(n, 2**62, np.uint64)), False
+    yield "list payload", "keyframe", n, [1, 2], False
+    yield "frame type", "bogus", n, key, False
+    yield "inter count", "interframe", n - 1, inter, True
+    yield "mask popcount", "interframe", n, edit(inter, ["pos_delta"], np.zeros((1, 3), np.int8)), True
+    mask = inter["pos_mask"].copy()
+    mask[-1] |= 0x80
+    yield "padding bit", "interframe", n, edit(inter, ["pos_mask"], mask), True
+    yield "unit", "interframe", n, edit(inter, ["unit"], 0), True
+    big = np.full_like(inter["pos_delta"], 127)
+    yield "grid escape", "interframe", n, edit(edit(inter, ["pos_delta"], big), ["unit"], 2**21), True
+
+
+def test_decoder_rejects_bad_payloads(tile_frames):
+    sub = [rows(f, np.arange(1001)) for f in tile_frames[:2]]
+    encoder = FrameEncoder(CodecConfig(tolerance=0))
+    key, inter = encoder.encode(sub[0]), encoder.encode(sub[1])
+    assert inter.frame_type == "interframe" and len(inter.payload["pos_delta"])
+    n = key.num_gaussians
+    with pytest.raises(CodecError, match="before any keyframe"):
+        FrameDecoder().decode("interframe", n, inter.payload)
+    for name, ftype, count, payload, after_key in _mutations(key.payload, inter.payload, n):
+        dec = FrameDecoder()
+        if after_key:
+            dec.decode("keyframe", n, key.payload)
+        before = dec.state
+        with pytest.raises(CodecError):
+            dec.decode(ftype, count, payload)
+            pytest.fail(f"accepted a payload with a bad {name}")
+        assert dec.state is before, name
+    dec = FrameDecoder()
+    dec.decode("keyframe", n, key.payload)
+    assert identical(dec.decode("interframe", n, inter.payload), inter.reconstruction)
+
+
+def test_playbot_scene_keyframe():
+    """A large real scene (250k Gaussians, SH 2), first 30k: keyframe size and errors."""
+    f = rows(read_ply(shared_path("data/scenes/playbot_sh2_250k.ply")), np.arange(30000))
+    (enc, dec, err, size), = round_trip([f])
+    assert err["position_max_abs"] <= position_bound(enc, enc.payload["step"])
+    assert size / f.num_gaussians < 12
