@@ -1,0 +1,102 @@
+// Web Worker: WebSocket -> length-prefixed messages -> protocol + codec decode -> Spark packing.
+// The page (viewer.mjs) sends {cmd: "connect", url} / {cmd: "close"}; the worker posts
+//   {kind: "open"} | {kind: "header", header} |
+//   {kind: "frame", index, pts, frameType, numGaussians, packed (Uint32Array [N*4], transferred),
+//    bounds (first frame after connect only), bytes, decodeMs, timings} |
+//   {kind: "skipped", index, frameType} (waiting for a keyframe) | {kind: "end", frameCount} |
+//   {kind: "error", message, fatal} | {kind: "closed", code, reason}.
+import { MessageSplitter, decodeBody } from "./protocol.mjs";
+import { FrameDecoder } from "./codec.mjs";
+import { packSplats, robustBounds } from "./pack.mjs";
+
+let ws = null;
+let splitter = null;
+let decoder = null;
+let needBounds = true;
+
+function post(msg, transfer = []) {
+  self.postMessage(msg, transfer);
+}
+
+function disconnect() {
+  if (ws) {
+    ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.close();
+    ws = null;
+  }
+}
+
+function connect(url) {
+  disconnect();
+  splitter = new MessageSplitter();
+  decoder = new FrameDecoder();
+  needBounds = true;
+  const sock = new WebSocket(url);
+  sock.binaryType = "arraybuffer";
+  sock.onopen = () => post({ kind: "open" });
+  sock.onmessage = (ev) => {
+    let bodies;
+    try {
+      bodies = splitter.push(new Uint8Array(ev.data));
+    } catch (e) { // a byte stream cannot be resynchronised: drop the connection
+      post({ kind: "error", message: String(e.message || e), fatal: true });
+      sock.close(4000, "protocol error");
+      return;
+    }
+    for (const body of bodies) handle(body);
+  };
+  sock.onclose = (ev) => {
+    if (ws === sock) ws = null;
+    post({ kind: "closed", code: ev.code, reason: ev.reason });
+  };
+  ws = sock;
+}
+
+function handle(body) {
+  const t0 = performance.now();
+  let msg;
+  try {
+    msg = decodeBody(body);
+  } catch (e) {
+    post({ kind: "error", message: String(e.message || e), fatal: true });
+    ws?.close(4000, "protocol error");
+    return;
+  }
+  if (msg.t === "header") {
+    const { t, ...header } = msg;
+    decoder = new FrameDecoder();
+    post({ kind: "header", header });
+  } else if (msg.t === "frame") {
+    if (decoder.state === null && msg.frame_type !== "keyframe") {
+      post({ kind: "skipped", index: msg.index, frameType: msg.frame_type });
+      return;
+    }
+    let frame;
+    try {
+      const t1 = performance.now();
+      frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload);
+      const t2 = performance.now();
+      const packed = packSplats(frame);
+      const t3 = performance.now();
+      const bounds = needBounds ? robustBounds(frame.means) : null;
+      needBounds = false;
+      post({
+        kind: "frame", index: msg.index, pts: msg.pts, frameType: msg.frame_type,
+        numGaussians: frame.numGaussians, packed, bounds, bytes: body.length + 4,
+        decodeMs: t3 - t0, timings: { unpackMs: t1 - t0, reconstructMs: t2 - t1, packMs: t3 - t2 },
+      }, [packed.buffer]);
+    } catch (e) { // bad payload: resume at the next keyframe
+      decoder = new FrameDecoder();
+      post({ kind: "error", message: `frame ${msg.index}: ${e.message || e}`, fatal: false });
+    }
+  } else if (msg.t === "end") {
+    post({ kind: "end", frameCount: msg.frame_count });
+  } else {
+    post({ kind: "error", message: `server: ${msg.code}: ${msg.message}`, fatal: true });
+  }
+}
+
+self.onmessage = (ev) => {
+  if (ev.data.cmd === "connect") connect(ev.data.url);
+  else if (ev.data.cmd === "close") disconnect();
+};

@@ -1,0 +1,114 @@
+"""End to end in a real browser: server, live upload of real frames, the viewer in headless Chromium.
+
+Debian's chromium driven by Playwright (``executable_path``; never ``playwright install``),
+software WebGL through ANGLE on Mesa llvmpipe (flags from ../shared/NOTES.md). Skips with a
+reason when chromium or playwright is missing. The viewer decodes in a Web Worker; software
+WebGL draws fewer frames than arrive, so the test checks that every frame was *decoded*.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from splatcast.client.api import ply_files
+from splatcast.server.runner import BackgroundServer
+from splatcast.server.settings import Settings
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+    "--use-gl=angle", "--use-angle=gl-egl", "--ignore-gpu-blocklist",  # llvmpipe, 4-5x SwiftShader
+]
+FRAMES = 12  # real loot frames, about 48.6k Gaussians each
+BACKGROUND = "#15171c"  # the player's clear colour (static/css, render.mjs)
+
+
+def launch_chromium(playwright):
+    """Headless Debian chromium with the flags that work on these machines."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+
+
+@pytest.fixture(scope="module")
+def sync_playwright():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium; scripts/install.sh does it as root)")
+    api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    with api.sync_playwright() as p:
+        yield p
+
+
+# Share of the screenshot's pixels that differ from the background, measured in the page
+# from the PNG bytes (no image library needed on the Python side).
+COVERAGE_JS = """async ([png, bg]) => {
+  const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+  const img = await createImageBitmap(new Blob([bytes], {type: "image/png"}));
+  const ctx = new OffscreenCanvas(img.width, img.height).getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const px = ctx.getImageData(0, 0, img.width, img.height).data;
+  let differ = 0;
+  for (let i = 0; i < px.length; i += 4) {
+    if (Math.abs(px[i] - bg[0]) + Math.abs(px[i + 1] - bg[1]) + Math.abs(px[i + 2] - bg[2]) > 24) differ++;
+  }
+  return differ / (px.length / 4);
+}"""
+
+
+def coverage(page, png: bytes) -> float:
+    bg = [int(BACKGROUND[i:i + 2], 16) for i in (1, 3, 5)]
+    return page.evaluate(COVERAGE_JS, [base64.b64encode(png).decode(), bg])
+
+
+@pytest.mark.timeout(180)
+def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, tmp_path):
+    plys = [p.read_bytes() for p in ply_files(loot_dir)[:FRAMES]]
+    with BackgroundServer(Settings(data_dir=tmp_path / "data")) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        seq = http.post("/v1/sequences", json={"name": "loot live", "fps": 30}).json()
+        browser = launch_chromium(sync_playwright)
+        try:
+            page = browser.new_page(viewport={"width": 960, "height": 640})
+            console = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+
+            index = page.goto(f"{server.url}/")
+            assert index.ok
+            page.wait_for_selector(f"a[href='/view/{seq['id']}']", timeout=10_000)
+
+            page.goto(f"{server.url}/view/{seq['id']}")
+            page.wait_for_function("window.splatcastViewer?.status === 'live'", timeout=20_000)
+            counts = []
+            for i, ply in enumerate(plys):  # live: the page is subscribed before frame 0 exists
+                r = http.put(f"/v1/sequences/{seq['id']}/frames/{i}", content=ply,
+                             headers={"Content-Type": "application/octet-stream"})
+                assert r.status_code == 201, r.text
+                counts.append(r.json()["num_gaussians"])
+            assert http.post(f"/v1/sequences/{seq['id']}/finish").status_code == 200
+
+            page.wait_for_function(f"window.splatcastViewer.framesDecoded >= {FRAMES}", timeout=60_000)
+            page.wait_for_function("window.splatcastViewer.status === 'ended'", timeout=20_000)
+            page.wait_for_function("window.splatcastViewer.framesShown > 0", timeout=30_000)
+            page.wait_for_timeout(500)  # a few more draws with the final camera
+            state = page.evaluate("window.splatcastViewer")
+            assert state["errors"] == [], (state["errors"], console)
+            assert state["framesDecoded"] == FRAMES
+            assert state["framesSkipped"] == 0
+            assert state["lastFrameIndex"] == FRAMES - 1
+            assert state["numGaussians"] == counts[-1]
+            assert state["header"]["frame_count"] in (None, FRAMES)
+            assert len(state["decodeMs"]) == FRAMES and all(ms > 0 for ms in state["decodeMs"])
+
+            page.screenshot(path=tmp_path / "viewer.png")
+            canvas = page.locator("#canvas")
+            png = canvas.screenshot(mask=[page.locator("#stats"), page.locator("#errors")], mask_color=BACKGROUND)
+            (tmp_path / "canvas.png").write_bytes(png)
+            # The person covers about a tenth of the view; a blank or one-colour canvas gives 0.
+            assert 0.02 < coverage(page, png) < 0.9
+        finally:
+            browser.close()
