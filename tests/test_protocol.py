@@ -19,7 +19,7 @@ import splatcast.protocol as proto
 from splatcast.protocol import (DTYPES, FRAME_TYPES, EndOfStream, ErrorMessage, FrameMessage,
                                 FramingError, LimitExceeded, Limits, ProtocolError, SchemaError,
                                 StreamDecoder, StreamHeader, encode_message, read_stream,
-                                write_stream)
+                                read_stream_sized, write_stream)
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors"
@@ -80,6 +80,9 @@ def test_good_vector_decodes_to_its_json(name):
     messages = decode_all(data)
     assert [mv.message_json(m) for m in messages] == [d["message"] for d in doc["messages"]]
     assert doc["size"] == len(data)
+    decoder = StreamDecoder()
+    decoder.feed(data)
+    assert decoder.last_sizes == [d["length"] for d in doc["messages"]]
     for described, msg in zip(doc["messages"], messages):  # each message decodes on its own
         alone = data[described["offset"]:described["offset"] + described["length"]]
         assert_same_message(decode_all(alone)[0], msg)
@@ -193,6 +196,8 @@ def test_read_and_write_stream(tmp_path):
     for got, src in zip(read_stream(path), msgs, strict=True):
         assert_same_message(src, got)
     assert len(list(read_stream(io.BytesIO(path.read_bytes())))) == len(msgs)
+    sizes = [n for _, n in read_stream_sized(path)]
+    assert len(sizes) == len(msgs) and sum(sizes) == size
     path.write_bytes(path.read_bytes()[:-5])
     seen = []
     with pytest.raises(FramingError):

@@ -7,7 +7,7 @@ messages. This package does not import `splatcast.codec`: payloads are opaque di
 
 from .errors import (DecompressionError, FramingError, LimitExceeded, ProtocolError, SchemaError,
                      VersionError)
-from .files import read_stream, write_stream
+from .files import read_stream, read_stream_sized, write_stream
 from .framing import StreamDecoder
 from .messages import (DTYPES, FRAME_TYPES, MAGIC, PROTOCOL_VERSION, EndOfStream, ErrorMessage,
                        FrameMessage, Message, Payload, StreamHeader)
@@ -17,5 +17,5 @@ __all__ = [
     "DTYPES", "FRAME_TYPES", "MAGIC", "PROTOCOL_VERSION", "DecompressionError", "EndOfStream",
     "ErrorMessage", "FrameMessage", "FramingError", "LimitExceeded", "Limits", "Message",
     "Payload", "ProtocolError", "SchemaError", "StreamDecoder", "StreamHeader", "VersionError",
-    "encode_message", "read_stream", "write_stream",
+    "encode_message", "read_stream", "read_stream_sized", "write_stream",
 ]

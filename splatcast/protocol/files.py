@@ -26,10 +26,17 @@ def read_stream(source: str | os.PathLike | BinaryIO, limits: Limits = DEFAULT_L
     Raises `ProtocolError` subclasses for invalid bytes (after yielding the messages before
     them), `FramingError` for a file that ends inside a message, OSError for I/O failures.
     """
+    return (msg for msg, _ in read_stream_sized(source, limits))
+
+
+def read_stream_sized(source: str | os.PathLike | BinaryIO,
+                      limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[Message, int]]:
+    """Like `read_stream`, yielding (message, its size in bytes including the length prefix)."""
     decoder = StreamDecoder(limits)
     with _opened(source, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
-            yield from decoder.feed(chunk)
+            messages = decoder.feed(chunk)
+            yield from zip(messages, decoder.last_sizes)
     decoder.close()
 
 

@@ -16,6 +16,9 @@ class StreamDecoder:
     `limits.max_message_bytes` as soon as it is complete, before any of the body is kept.
     A chunk holding whole messages is decoded without copying them.
 
+    ``last_sizes``: byte size (length prefix included) of each message the last ``feed``
+    returned, in order.
+
     Errors: `ProtocolError` subclasses only. When a chunk yields some messages and then hits
     an error, ``feed`` returns those messages and the error is raised by the next ``feed`` or
     ``close``; once failed, the decoder raises that error on every later call.
@@ -27,12 +30,14 @@ class StreamDecoder:
         self._buf = bytearray()  # part of the prefix, or part of the body once _need is set
         self._need: int | None = None  # body length announced by the current prefix
         self._error: ProtocolError | None = None
+        self.last_sizes: list[int] = []
 
     def feed(self, data) -> list[Message]:
         """Consume a bytes-like chunk; return the messages it completes, in order."""
         if self._error is not None:
             raise self._error
         messages: list[Message] = []
+        self.last_sizes = []
         try:
             self._consume(memoryview(data).cast("B"), messages)
         except ProtocolError as e:
@@ -69,8 +74,9 @@ class StreamDecoder:
                 body = self._buf if len(self._buf) == self._need else None
             pos += take
             if body is not None:
-                self._buf, self._need = bytearray(), None
+                size, self._buf, self._need = PREFIX_BYTES + self._need, bytearray(), None
                 messages.append(decode_body(body, self.limits, self._dctx))
+                self.last_sizes.append(size)
 
     def _check_length(self, length: int) -> int:
         if length == 0:
