@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Write real-codec test vectors for the browser decoder: tests/vectors/codec_*.{splatcast,json}.
+
+Each vector is a small stream encoded by `splatcast.codec.FrameEncoder` from real frames in
+../shared, and a JSON file with what the Python `FrameDecoder` returns for each frame: per
+field (means, scales, quats, opacities, sh0, shN) the float32 shape, the SHA-256 of its
+little-endian bytes and its first values. web/test/codec.test.mjs checks that the JavaScript
+decoder gives the same bytes; tests/test_web_decoder.py checks that Python still does.
+
+- `codec_tracked`: 3 frames of the tile scene (SH degree 3) animated by tools/animate.py,
+  first 2,000 Gaussians: a keyframe, then interframes (same count, rows correspond).
+- `codec_untracked`: 3 loot frames (SH degree 0), every 24th voxel (about 2,000 Gaussians):
+  a keyframe, then intra frames (the count changes every frame).
+
+Deterministic (CPU, fixed seed). Needs ../shared (or $SPLATCAST_SHARED).
+Usage: python scripts/make_codec_vectors.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, FrameDecoder, FrameEncoder, GaussianFrame, read_ply
+from splatcast.protocol import EndOfStream, FrameMessage, StreamHeader
+from splatcast.protocol.files import read_stream, write_stream
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "tests" / "vectors"
+SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
+CONFIG = CodecConfig(gop=30, codebook_size=64, seed=0, device="cpu")
+FPS = 30.0
+FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+FIRST_VALUES = 8
+
+
+def _tool(name: str, *args: str) -> None:
+    subprocess.run([sys.executable, str(SHARED / "tools" / name), *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def _rows(frame: GaussianFrame, rows) -> GaussianFrame:
+    return GaussianFrame(**{f: getattr(frame, f)[rows].contiguous() for f in FIELDS})
+
+
+def tracked_frames(tmp: Path) -> list[GaussianFrame]:
+    _tool("animate.py", str(SHARED / "data/scenes/tile_sh3_14k.ply"), str(tmp), "--frames", "3")
+    return [_rows(read_ply(p), slice(0, 2000)) for p in sorted(tmp.glob("*.ply"))]
+
+
+def untracked_frames(tmp: Path) -> list[GaussianFrame]:
+    _tool("loot_to_ply.py", str(tmp), "--count", "3")
+    return [_rows(read_ply(p), slice(None, None, 24)) for p in sorted(tmp.glob("*.ply"))]
+
+
+def describe(frame: GaussianFrame) -> dict:
+    """Shape, SHA-256 and first values of each float32 field, as the JSON lists them."""
+    out = {}
+    for name in FIELDS:
+        a = np.ascontiguousarray(getattr(frame, name).cpu().numpy(), dtype="<f4")
+        out[name] = {"shape": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest(),
+                     "first": a.reshape(-1)[:FIRST_VALUES].tolist()}
+    return out
+
+
+def decode_file(path: Path) -> list[dict]:
+    """Decode a vector stream with the Python decoder: one JSON entry per frame."""
+    decoder, frames = FrameDecoder("cpu"), []
+    for msg in read_stream(path):
+        if isinstance(msg, FrameMessage):
+            frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
+            frames.append({"index": msg.index, "frame_type": msg.frame_type, "num_gaussians": msg.num_gaussians,
+                           "sh_degree": frame.sh_degree, "fields": describe(frame)})
+    return frames
+
+
+def write_vector(name: str, frames: list[GaussianFrame], doc: str) -> None:
+    encoder = FrameEncoder(CONFIG)
+    messages = [StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION, codec_params=CONFIG.to_dict(),
+                             sh_degree=frames[0].sh_degree, fps=FPS, frame_count=len(frames), name=name)]
+    for i, frame in enumerate(frames):
+        enc = encoder.encode(frame)
+        messages.append(FrameMessage(i, i / FPS, enc.frame_type, enc.num_gaussians, enc.payload))
+    messages.append(EndOfStream(len(frames)))
+    stream = OUT / f"{name}.splatcast"
+    write_stream(stream, messages)
+    entries = decode_file(stream)
+    text = json.dumps({"file": stream.name, "doc": doc, "frames": entries}, indent=1) + "\n"
+    (OUT / f"{name}.json").write_text(text)
+    kinds = ", ".join(f"{e['frame_type']} ({e['num_gaussians']})" for e in entries)
+    print(f"{stream.name}: {stream.stat().st_size} bytes: {kinds}")
+
+
+def main() -> int:
+    if not SHARED.is_dir():
+        print(f"shared data missing: {SHARED} (set SPLATCAST_SHARED)", file=sys.stderr)
+        return 1
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tile").mkdir()
+        (Path(tmp) / "loot").mkdir()
+        write_vector("codec_tracked", tracked_frames(Path(tmp) / "tile"),
+                     "tile scene (SH 3), first 2,000 Gaussians, 3 animated frames: keyframe + interframes")
+        write_vector("codec_untracked", untracked_frames(Path(tmp) / "loot"),
+                     "3 loot frames (SH 0), every 24th voxel: keyframe + intra frames")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
