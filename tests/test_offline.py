@@ -1,0 +1,103 @@
+"""splatcast encode / decode / info on five real loot frames."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from splatcast.cli import main
+from splatcast.codec import CodecConfig, FrameEncoder, read_ply
+from splatcast.offline import natural_key
+from splatcast.protocol import EndOfStream, StreamHeader, encode_message
+
+FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+ARGS = ["--gop", "3", "--codebook-size", "32", "--device", "cpu"]
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def encoded(loot_dir, tmp_path_factory):
+    """Five loot frames linked as part1, part2, part9, part10, part11 (natural order = frame order)."""
+    src = sorted(loot_dir.glob("*.ply"))[:5]
+    frames_dir = tmp_path_factory.mktemp("five")
+    for k, path in zip([1, 2, 9, 10, 11], src):
+        (frames_dir / f"part{k}.ply").symlink_to(path)
+    out = tmp_path_factory.mktemp("enc") / "sub" / "loot.splatcast"
+    rc, stdout, stderr = run("encode", frames_dir, "-o", out, *ARGS)
+    assert rc == 0, stderr
+    return out, src, stdout, frames_dir
+
+
+def test_natural_key():
+    names = ["f10.ply", "f2.ply", "f1.ply", "g.ply", "f02b.ply"]
+    assert [n for n in sorted(names, key=lambda n: natural_key(Path(n)))] == [
+        "f1.ply", "f2.ply", "f02b.ply", "f10.ply", "g.ply"]
+
+
+def test_encode_prints_frames_and_summary(encoded):
+    out, src, stdout, _ = encoded
+    lines = stdout.splitlines()
+    frame_lines = [line for line in lines if line.startswith("frame ")]
+    assert len(frame_lines) == 5 and "keyframe" in frame_lines[0] and "B/G" in frame_lines[0]
+    ply_bytes = sum(p.stat().st_size for p in src)
+    assert f"{ply_bytes:,} B of PLY -> {out.stat().st_size:,} B" in lines[-1]
+    assert ply_bytes / out.stat().st_size > 10  # the codec compresses real frames by far more
+    assert not out.with_name(out.name + ".part").exists()
+
+
+def test_decode_matches_encoder_reconstruction_bit_for_bit(encoded, tmp_path):
+    out, src, _, _ = encoded
+    rc, stdout, stderr = run("decode", out, "-o", tmp_path / "dec")
+    assert rc == 0, stderr
+    written = sorted((tmp_path / "dec").glob("*.ply"))
+    assert [p.name for p in written] == [f"frame_{i:04d}.ply" for i in range(5)]
+    encoder = FrameEncoder(CodecConfig(gop=3, codebook_size=32, device="cpu"))
+    for path, ply in zip(src, written):
+        expected = encoder.encode(read_ply(path)).reconstruction
+        got = read_ply(ply)
+        for name in FIELDS:
+            assert torch.equal(getattr(got, name), getattr(expected, name)), (ply.name, name)
+
+
+def test_info_lists_header_and_frames(encoded):
+    out, _, _, _ = encoded
+    rc, stdout, _ = run("info", out)
+    assert rc == 0
+    assert "codec splatcast-vq" in stdout and "5 frames" in stdout and "name 'five" in stdout
+    rows = [line.split() for line in stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert [r[2] for r in rows][0::3] == ["keyframe", "keyframe"]  # gop 3
+    assert f"total: {out.stat().st_size:,} B" in stdout
+
+
+def test_bad_inputs_give_an_error_and_status_1(encoded, tmp_path):
+    out, _, _, frames_dir = encoded
+    truncated = tmp_path / "t.splatcast"
+    truncated.write_bytes(out.read_bytes()[:-100])
+    no_header = tmp_path / "n.splatcast"
+    no_header.write_bytes(encode_message(EndOfStream(0)))
+    other_codec = tmp_path / "o.splatcast"
+    other_codec.write_bytes(encode_message(StreamHeader("other", 1, {}, 0, 30.0)))
+    garbage = tmp_path / "g.splatcast"
+    garbage.write_bytes(b"\x00\x00\x00\x09not zstd!")
+    for argv in [("decode", truncated, "-o", tmp_path / "d1"), ("info", truncated),
+                 ("decode", no_header, "-o", tmp_path / "d2"), ("decode", other_codec, "-o", tmp_path / "d3"),
+                 ("decode", garbage, "-o", tmp_path / "d4"), ("info", garbage),
+                 ("decode", tmp_path / "missing.splatcast", "-o", tmp_path / "d5"),
+                 ("encode", tmp_path / "empty", "-o", tmp_path / "e.splatcast"),
+                 ("encode", out.parent, "-o", tmp_path / "e.splatcast"),  # no .ply there
+                 ("encode", frames_dir, "-o", tmp_path / "e.splatcast", "--gop", "0"),
+                 ("encode", frames_dir, "-o", tmp_path / "e.splatcast", "--zstd-level", "30")]:
+        rc, _, stderr = run(*argv)
+        assert rc == 1 and "error: " in stderr, (argv, stderr)
+    assert not (tmp_path / "e.splatcast").exists() and not (tmp_path / "e.splatcast.part").exists()
