@@ -259,6 +259,22 @@ def test_encoder_refuses_payload_deeper_than_default_limit():
         encode_message(FrameMessage(0, 0.0, "keyframe", 1, payload))
 
 
+@pytest.mark.parametrize("levels", range(26, 32))
+@pytest.mark.parametrize("leaf", [1, np.zeros(2, np.uint8)])
+def test_what_encodes_decodes_at_the_depth_limit(levels, leaf):
+    payload = {"leaf": leaf}
+    for _ in range(levels):
+        payload = {"a": payload}
+    msg = FrameMessage(0, 0.0, "keyframe", 1, payload)
+    try:
+        data = encode_message(msg)
+    except LimitExceeded:
+        # payload map at depth 2; an array adds its map and its shape list
+        assert levels + 2 + 2 * isinstance(leaf, np.ndarray) > Limits().max_depth
+        return
+    assert_same_message(decode_all(data)[0], msg)
+
+
 # ------------------------------------------------------------------ round trip (hypothesis)
 
 ints = st.integers(-(2**53) + 1, 2**53 - 1)

@@ -70,11 +70,13 @@ DEFAULT_LIMITS = Limits()
 
 def encode_message(msg: Message, level: int = 3) -> bytes:
     """Encode one message: 4-byte big-endian length, then one zstd frame (content size and
-    checksum in its header, compression `level` 1..22) holding one msgpack map.
+    checksum in its header, compression `level` <= 22; negative levels are zstd's fast modes)
+    holding one msgpack map.
 
     Raises `SchemaError` for a payload value that cannot be sent (type, dtype, int range, non
     str key), `LimitExceeded` for payload nesting deeper than the default `Limits.max_depth`
-    or a compressed message over 4 GiB - 1, TypeError when `msg` is not a message.
+    or a compressed message over 4 GiB - 1, TypeError when `msg` is not a message,
+    ValueError for a level over 22.
     """
     cls = type(msg)
     if cls not in MESSAGE_TAGS:
@@ -98,13 +100,13 @@ def encode_message(msg: Message, level: int = 3) -> bytes:
 
 def _payload_to_wire(value: Payload, depth: int):
     if isinstance(value, dict):
-        if depth > DEFAULT_LIMITS.max_depth:
-            raise LimitExceeded(f"payload nesting over max_depth={DEFAULT_LIMITS.max_depth}")
+        _check_depth(depth, DEFAULT_LIMITS)
         for key in value:
             if not isinstance(key, str):
                 raise SchemaError(f"payload keys must be str, got {type(key).__name__}")
         return {key: _payload_to_wire(v, depth + 1) for key, v in value.items()}
     if isinstance(value, np.ndarray):
+        _check_depth(depth + 1, DEFAULT_LIMITS)  # the array map's shape list
         dtype = value.dtype.newbyteorder("<")
         if dtype.str not in DTYPES:
             raise SchemaError(f"array dtype {value.dtype} is not allowed (allowed: {sorted(DTYPES)})")
@@ -221,10 +223,14 @@ def _check_version(wire: dict) -> None:
                            f"(this decoder reads {PROTOCOL_VERSION[0]}.x)")
 
 
+def _check_depth(depth: int, limits: Limits) -> None:
+    if depth > limits.max_depth:
+        raise LimitExceeded(f"payload nesting over max_depth={limits.max_depth}")
+
+
 def _payload_from_wire(value, depth: int, limits: Limits) -> Payload:
     if isinstance(value, dict):
-        if depth > limits.max_depth:
-            raise LimitExceeded(f"payload nesting over max_depth={limits.max_depth}")
+        _check_depth(depth, limits)
         if isinstance(value.get("data"), bytes):
             return _array_from_wire(value, depth, limits)
         out = {}
@@ -245,8 +251,7 @@ def _array_from_wire(m: dict, depth: int, limits: Limits) -> np.ndarray:
     if dtype is None:
         raise SchemaError(f"array dtype {m['dtype']!r:.80} is not allowed (allowed: {sorted(DTYPES)})")
     shape, data = m["shape"], m["data"]
-    if depth + 1 > limits.max_depth:
-        raise LimitExceeded(f"payload nesting over max_depth={limits.max_depth}")
+    _check_depth(depth + 1, limits)  # the shape list
     if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise SchemaError(f"array shape must be a list of ints >= 0, got {shape!r:.80}")
     if math.prod(d for d in shape if d) * dtype.itemsize > limits.max_array_bytes:
