@@ -1,7 +1,13 @@
 // packSplats (our fast loop) must produce the bytes Spark's own setPackedSplat produces.
 import test from "node:test";
 import assert from "node:assert/strict";
-import { packSplats, SH_C0 } from "../../splatcast/server/static/js/pack.mjs";
+import { existsSync, readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { packSplats, packState, SH_C0 } from "../../splatcast/server/static/js/pack.mjs";
+import { decodeStream } from "../../splatcast/server/static/js/protocol.mjs";
+import { FrameDecoder, reconstruct, stateMeans } from "../../splatcast/server/static/js/codec.mjs";
+
+const VECTORS = fileURLToPath(new URL("../../tests/vectors/", import.meta.url));
 
 let spark = null;
 try {
@@ -34,3 +40,15 @@ test("packSplats matches Spark setPackedSplat", { skip: spark ? false : "web/nod
   }
   assert.deepEqual(ours, ref);
 });
+
+for (const name of ["codec_tracked", "codec_untracked"]) {
+  test(`packState (codebook tables) packs ${name} like packSplats(reconstruct(state))`,
+    { skip: !existsSync(`${VECTORS}${name}.splatcast`) }, () => {
+      const decoder = new FrameDecoder();
+      for (const m of decodeStream(new Uint8Array(readFileSync(`${VECTORS}${name}.splatcast`)))) {
+        if (m.t !== "frame") continue;
+        const state = decoder.update(m.frame_type, m.num_gaussians, m.payload);
+        assert.deepEqual(packState(state, stateMeans(state)), packSplats(reconstruct(state)));
+      }
+    });
+}

@@ -64,26 +64,30 @@ function checkIds(ids, k, what) {
   need(ids.length === 0 || max < k, `${what}: id ${max} out of range for a codebook of ${k}`);
 }
 
-function mask(p, key, n, what) {
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => b.toString(2).split("1").length - 1);
+
+/** A packed bit mask (uint8 [ceil(n/8)], little bit order) -> Int32Array of its set indices. */
+function maskIndices(p, key, n, what) {
   const packed = array(p, key, ["|u1"], [(n + 7) >> 3], what).data;
-  const bits = new Uint8Array(n);
-  for (let i = 0; i < n; i++) bits[i] = (packed[i >> 3] >> (i & 7)) & 1;
   if (n & 7) need((packed[packed.length - 1] >> (n & 7)) === 0, `${what}: padding bits beyond ${n} must be zero`);
-  return bits;
+  let count = 0;
+  for (let k = 0; k < packed.length; k++) count += POPCOUNT[packed[k]];
+  const idx = new Int32Array(count);
+  for (let k = 0, j = 0; k < packed.length; k++) {
+    for (let b = packed[k]; b; b &= b - 1) idx[j++] = 8 * k + 31 - Math.clz32(b & -b);
+  }
+  return idx;
 }
 
-// Morton decode tables: byte k of a 64-bit code holds bits 8k..8k+7; bit 3b+a of the code is
-// bit b of axis a. TABLES[k][a][byte] = that byte's contribution to axis a.
-const TABLES = Array.from({ length: 8 }, (_, k) => [0, 1, 2].map((a) => {
-  const t = new Int32Array(256);
-  for (let v = 0; v < 256; v++) {
-    for (let j = 0; j < 8; j++) {
-      const pos = 8 * k + j;
-      if ((v >> j) & 1 && pos % 3 === a) t[v] |= 1 << ((pos - a) / 3);
-    }
-  }
-  return t;
-}));
+// Morton decoding on 32-bit halves: bit 3b+a of a code is bit b of axis a. compact11 keeps
+// bits 0, 3, ..., 30 of a word and packs them into bits 0..10 (the usual magic-number steps).
+function compact11(x) {
+  x &= 0x49249249;
+  x = (x ^ (x >>> 2)) & 0xc30c30c3;
+  x = (x ^ (x >>> 4)) & 0x0f00f00f;
+  x = (x ^ (x >>> 8)) & 0xff0000ff;
+  return (x ^ (x >>> 16)) & 0x7ff;
+}
 
 /** Morton deltas (uint8..uint64 WireArray [N]) -> int32 grid coordinates [N*3]. */
 function mortonPositions(deltas, n) {
@@ -92,21 +96,16 @@ function mortonPositions(deltas, n) {
   const words = wide ? new Uint32Array(deltas.data.buffer, deltas.data.byteOffset, 2 * n) : null;
   const narrow = wide ? null : deltas.data;
   let lo = 0, hi = 0; // running code as two uint32 halves (codes < 2^63)
-  const [t0, t1, t2, t3, t4, t5, t6, t7] = TABLES;
   for (let i = 0; i < n; i++) {
-    const dlo = wide ? words[2 * i] : narrow[i];
     const dhi = wide ? words[2 * i + 1] : 0;
-    need(dhi < 0x80000000, "morton deltas overflow 63-bit codes");
-    const s = lo + dlo;
-    lo = s >>> 0;
-    hi = hi + dhi + (s > 0xffffffff ? 1 : 0);
-    need(hi < 0x80000000, "morton deltas overflow 63-bit codes");
-    const b0 = lo & 255, b1 = (lo >>> 8) & 255, b2 = (lo >>> 16) & 255, b3 = lo >>> 24;
-    const b4 = hi & 255, b5 = (hi >>> 8) & 255, b6 = (hi >>> 16) & 255, b7 = hi >>> 24;
-    for (let a = 0; a < 3; a++) {
-      q[3 * i + a] = t0[a][b0] | t1[a][b1] | t2[a][b2] | t3[a][b3]
-        | t4[a][b4] | t5[a][b5] | t6[a][b6] | t7[a][b7];
-    }
+    const sum = lo + (wide ? words[2 * i] : narrow[i]);
+    lo = sum >>> 0;
+    hi += dhi + (sum > 0xffffffff ? 1 : 0);
+    if (dhi >= 0x80000000 || hi >= 0x80000000) throw new CodecError("morton deltas overflow 63-bit codes");
+    // lo holds code bits 0..31, hi bits 32..62: axis a starts at lo bit a and hi bit (a+1)%3.
+    q[3 * i] = compact11(lo) | (compact11(hi >>> 1) << 11);
+    q[3 * i + 1] = compact11(lo >>> 1) | (compact11(hi >>> 2) << 11);
+    q[3 * i + 2] = compact11(lo >>> 2) | (compact11(hi) << 10);
   }
   return q;
 }
@@ -159,34 +158,33 @@ function interframe(state, n, p) {
   keys(p, ["unit", "pos_mask", "pos_delta", "id_masks", "id_values"], "interframe payload");
   need(n === state.n, `interframe for ${n} Gaussians, reference frame has ${state.n}`);
   const unit = intField(p, "unit", 1, 2 ** 21);
-  const m = mask(p, "pos_mask", n, "pos_mask");
-  let moved = 0;
-  for (let i = 0; i < n; i++) moved += m[i];
-  const delta = array(p, "pos_delta", INT, [moved, 3], "pos_delta").data;
+  const moved = maskIndices(p, "pos_mask", n, "pos_mask");
+  const delta = array(p, "pos_delta", INT, [moved.length, 3], "pos_delta").data;
   const q = state.q.slice();
-  for (let i = 0, j = 0; i < n; i++) {
-    if (!m[i]) continue;
-    for (let a = 0; a < 3; a++) {
-      const v = q[3 * i + a] + delta[3 * j + a] * unit; // exact: |v| < 2^53
-      need(Math.abs(v) < MAX_Q, `pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
-      q[3 * i + a] = v;
+  for (let j = 0; j < moved.length; j++) {
+    const k = 3 * moved[j];
+    const x = q[k] + delta[3 * j] * unit; // exact: far below 2^53
+    const y = q[k + 1] + delta[3 * j + 1] * unit;
+    const z = q[k + 2] + delta[3 * j + 2] * unit;
+    if (!(Math.abs(x) < MAX_Q && Math.abs(y) < MAX_Q && Math.abs(z) < MAX_Q)) {
+      throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
     }
-    j++;
+    q[k] = x;
+    q[k + 1] = y;
+    q[k + 2] = z;
   }
   const names = Object.keys(state.codebooks);
   const masks = dict(p, "id_masks", names);
   const values = dict(p, "id_values", names);
   const ids = {};
   for (const name of names) {
-    const mk = mask(masks, name, n, `id_masks.${name}`);
-    let count = 0;
-    for (let i = 0; i < n; i++) count += mk[i];
+    const changed = maskIndices(masks, name, n, `id_masks.${name}`);
     const old = state.ids[name];
     const want = old instanceof Uint8Array ? "|u1" : "<u2";
-    const v = array(values, name, [want], [count], `id_values.${name}`).data;
+    const v = array(values, name, [want], [changed.length], `id_values.${name}`).data;
     checkIds(v, state.codebooks[name].rows, `id_values.${name}`);
     const next = old.slice();
-    for (let i = 0, j = 0; i < n; i++) if (mk[i]) next[i] = v[j++];
+    for (let j = 0; j < changed.length; j++) next[changed[j]] = v[j];
     ids[name] = next;
   }
   return { ...state, q, ids };
@@ -202,15 +200,24 @@ function gather(cb, ids, n) {
   return out;
 }
 
+/** Means of a decoder state: Float32Array [N*3] = origin + float32(q) * step, each operation
+ * rounded to float32 as numpy does (products of float32s are exact in float64, and a float64
+ * sum of two float32s rounds to the same float32 as a float32 sum). */
+export function stateMeans(state) {
+  const { n, origin, q } = state;
+  const s = Math.fround(state.step);
+  const means = new Float32Array(n * 3);
+  for (let i = 0; i < n; i++) {
+    means[3 * i] = origin[0] + Math.fround(q[3 * i] * s);
+    means[3 * i + 1] = origin[1] + Math.fround(q[3 * i + 1] * s);
+    means[3 * i + 2] = origin[2] + Math.fround(q[3 * i + 2] * s);
+  }
+  return means;
+}
+
 /** The frame a decoder state stands for (see the header comment for the arrays). */
 export function reconstruct(state) {
-  const { n, codebooks: cb, ids, origin, q, step, shDegree } = state;
-  const means = new Float32Array(n * 3);
-  const s = Math.fround(step);
-  for (let i = 0; i < n * 3; i++) {
-    // float32(q) * float32(step), then + origin, each rounded to float32 as numpy does.
-    means[i] = origin[i % 3] + Math.fround(q[i] * s);
-  }
+  const { n, codebooks: cb, ids, shDegree } = state;
   const k = (shDegree + 1) ** 2 - 1;
   const shN = new Float32Array(n * k * 3);
   let offset = 0;
@@ -223,7 +230,7 @@ export function reconstruct(state) {
   return {
     numGaussians: n,
     shDegree,
-    means,
+    means: stateMeans(state),
     scales: gather(cb.scale, ids.scale, n),
     quats: gather(cb.rotation, ids.rotation, n),
     opacities: gather(cb.opacity, ids.opacity, n),
@@ -234,16 +241,17 @@ export function reconstruct(state) {
 
 /**
  * Stateful decoder, one per stream; may start at any keyframe.
- * decode(frameType, numGaussians, payload) -> frame arrays (see the header comment).
- * Throws CodecError for an intra or interframe before a keyframe or any inconsistent payload;
- * the state is left unchanged then.
+ * update(frameType, numGaussians, payload) -> the new decoder state {n, shDegree, step,
+ * codebooks, origin, q, ids} (for packState/stateMeans); decode(...) -> frame arrays (see the
+ * header comment). Both throw CodecError for an intra or interframe before a keyframe or any
+ * inconsistent payload; the state is left unchanged then.
  */
 export class FrameDecoder {
   constructor() {
     this.state = null;
   }
 
-  decode(frameType, numGaussians, payload) {
+  update(frameType, numGaussians, payload) {
     need(Number.isSafeInteger(numGaussians) && numGaussians >= 0, `num_gaussians must be a non-negative int`);
     need(payload !== null && typeof payload === "object", "payload must be a dict");
     let next;
@@ -256,6 +264,10 @@ export class FrameDecoder {
       else throw new CodecError(`unknown frame type '${frameType}'`);
     }
     this.state = next;
-    return reconstruct(next);
+    return next;
+  }
+
+  decode(frameType, numGaussians, payload) {
+    return reconstruct(this.update(frameType, numGaussians, payload));
   }
 }

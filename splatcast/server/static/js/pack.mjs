@@ -8,6 +8,11 @@
 //   w3 = sx | sy << 8 | sz << 16 | angle << 24    (log-scale uint8s, rotation angle 8 bits)
 // Activations follow the INRIA 3DGS convention: colour = 0.5 + C0 * sh0 (C0 = 0.28209479),
 // opacity = sigmoid(logit), scale = exp(log scale); quaternions are wxyz, not necessarily unit.
+//
+// Every attribute but the centre is a function of one codebook row in the splatcast codec, so
+// `packState` encodes each codebook row once (cached per keyframe) and packs a frame with
+// table look-ups; `packSplats` packs arbitrary float arrays the same way (bit-identical to
+// Spark's own `setPackedSplat`, checked in web/test/pack.test.mjs).
 
 export const SH_C0 = 0.28209479177387814;
 const LN_SCALE_MIN = -12;
@@ -17,7 +22,7 @@ const LN_SCALE_STEP = 254 / (LN_SCALE_MAX - LN_SCALE_MIN);
 
 function toUint8(v) {
   const u = Math.round(v * 255);
-  return u < 0 ? 0 : u > 255 ? 255 : u; // NaN -> 0 below via `| 0`
+  return u > 0 ? (u < 255 ? u : 255) : 0; // also NaN -> 0
 }
 
 function logScaleToUint8(ls) {
@@ -26,8 +31,68 @@ function logScaleToUint8(ls) {
   return u < 1 ? 1 : u > 255 ? 255 : u;
 }
 
-// float32 -> float16 bits for a whole array: native Float16Array (round to nearest) when the
-// engine has it, else Spark's own truncating fallback (`toHalfJS`).
+// --- per-attribute encoders: arrays of N rows -> Uint32Array [N] of bits in their words ---
+
+/** sh0 [N*3] -> R | G << 8 | B << 16. */
+function encodeColors(sh0) {
+  const out = new Uint32Array(sh0.length / 3);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = toUint8(0.5 + SH_C0 * sh0[3 * i]) | (toUint8(0.5 + SH_C0 * sh0[3 * i + 1]) << 8)
+      | (toUint8(0.5 + SH_C0 * sh0[3 * i + 2]) << 16);
+  }
+  return out;
+}
+
+/** opacity logits [N] -> A << 24. */
+function encodeAlphas(opacities) {
+  return Uint32Array.from(opacities, (o) => (toUint8(1 / (1 + Math.exp(-o))) << 24) >>> 0);
+}
+
+/** log scales [N*3] -> sx | sy << 8 | sz << 16. */
+function encodeScales(scales) {
+  const out = new Uint32Array(scales.length / 3);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = logScaleToUint8(scales[3 * i]) | (logScaleToUint8(scales[3 * i + 1]) << 8)
+      | (logScaleToUint8(scales[3 * i + 2]) << 16);
+  }
+  return out;
+}
+
+/** quats wxyz [N*4] -> {axis: octU << 16 | octV << 24, angle: angle << 24} (Spark's OctXy88R8:
+ * normalise, w >= 0, rotation angle, octahedral map of the axis). */
+function encodeQuats(quats) {
+  const n = quats.length / 4;
+  const axis = new Uint32Array(n);
+  const angle = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    let w = quats[4 * i], x = quats[4 * i + 1], y = quats[4 * i + 2], z = quats[4 * i + 3];
+    const qn = Math.sqrt(w * w + x * x + y * y + z * z);
+    let u = 128, v = 128, a = 0;
+    if (qn > 0) {
+      const s = w < 0 ? -1 / qn : 1 / qn;
+      w *= s; x *= s; y *= s; z *= s;
+      a = Math.round(2 * Math.acos(Math.min(1, w)) * (255 / Math.PI));
+      const xyz = Math.sqrt(x * x + y * y + z * z);
+      let ax = 1, ay = 0, az = 0;
+      if (xyz >= 1e-6) { ax = x / xyz; ay = y / xyz; az = z / xyz; }
+      const sum = Math.abs(ax) + Math.abs(ay) + Math.abs(az);
+      let px = ax / sum, py = ay / sum;
+      if (az < 0) {
+        const t = px;
+        px = (1 - Math.abs(py)) * (px >= 0 ? 1 : -1);
+        py = (1 - Math.abs(t)) * (py >= 0 ? 1 : -1);
+      }
+      u = Math.round((px * 0.5 + 0.5) * 255);
+      v = Math.round((py * 0.5 + 0.5) * 255);
+    }
+    axis[i] = ((u << 16) | (v << 24)) >>> 0;
+    angle[i] = (a << 24) >>> 0;
+  }
+  return { axis, angle };
+}
+
+// float32 -> float16 bits: native Float16Array (round to nearest even) when the engine has it,
+// else Spark's own truncating fallback (`toHalfJS`), so we match Spark on either engine.
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 function toHalfBits(f) {
@@ -44,61 +109,56 @@ function toHalfBits(f) {
 }
 
 function halves(values) {
-  if (typeof Float16Array !== "undefined") {
-    return new Uint16Array(new Float16Array(values).buffer);
-  }
+  if (typeof Float16Array !== "undefined") return new Uint16Array(new Float16Array(values).buffer);
   const out = new Uint16Array(values.length);
   for (let i = 0; i < values.length; i++) out[i] = toHalfBits(values[i]);
   return out;
 }
 
-/**
- * Pack one decoded frame for Spark.
- * @param {{numGaussians: number, means: Float32Array, scales: Float32Array,
- *          quats: Float32Array, opacities: Float32Array, sh0: Float32Array}} frame
- *   means [N*3], scales [N*3] (log), quats [N*4] (wxyz), opacities [N] (logit), sh0 [N*3].
- * @returns {Uint32Array} [N*4] packed words.
- */
-export function packSplats(frame) {
-  const n = frame.numGaussians;
-  const { scales, quats, opacities, sh0 } = frame;
-  const h = halves(frame.means);
+// Pack N splats from float32 means [N*3] and per-attribute row encodings; splat i takes row
+// ids.<group>[i] of each encoding.
+function combine(n, means, enc, ids) {
+  const h = halves(means);
   const out = new Uint32Array(n * 4);
+  const { color, alpha, scale, axis, angle } = enc;
+  const { sh0, opacity, scale: scaleIds, rotation } = ids;
   for (let i = 0; i < n; i++) {
-    const i3 = i * 3;
-    const i4 = i * 4;
-    const r = toUint8(0.5 + SH_C0 * sh0[i3]);
-    const g = toUint8(0.5 + SH_C0 * sh0[i3 + 1]);
-    const b = toUint8(0.5 + SH_C0 * sh0[i3 + 2]);
-    const a = toUint8(1 / (1 + Math.exp(-opacities[i])));
-    // Quaternion wxyz -> unit, w >= 0 -> rotation angle + octahedral axis (Spark's OctXy88R8).
-    let w = quats[i4], x = quats[i4 + 1], y = quats[i4 + 2], z = quats[i4 + 3];
-    const qn = Math.hypot(w, x, y, z);
-    let u = 128, v = 128, angle = 0;
-    if (qn > 0) {
-      const s = w < 0 ? -1 / qn : 1 / qn;
-      w *= s; x *= s; y *= s; z *= s;
-      angle = Math.round(2 * Math.acos(Math.min(1, w)) * (255 / Math.PI));
-      const xyz = Math.hypot(x, y, z);
-      let ax = 1, ay = 0, az = 0;
-      if (xyz >= 1e-6) { ax = x / xyz; ay = y / xyz; az = z / xyz; }
-      const sum = Math.abs(ax) + Math.abs(ay) + Math.abs(az);
-      let px = ax / sum, py = ay / sum;
-      if (az < 0) {
-        const t = px;
-        px = (1 - Math.abs(py)) * (px >= 0 ? 1 : -1);
-        py = (1 - Math.abs(t)) * (py >= 0 ? 1 : -1);
-      }
-      u = Math.round((px * 0.5 + 0.5) * 255);
-      v = Math.round((py * 0.5 + 0.5) * 255);
-    }
-    out[i4] = (r | (g << 8) | (b << 16) | (a << 24)) >>> 0;
-    out[i4 + 1] = (h[i3] | (h[i3 + 1] << 16)) >>> 0;
-    out[i4 + 2] = (h[i3 + 2] | (u << 16) | (v << 24)) >>> 0;
-    out[i4 + 3] = (logScaleToUint8(scales[i3]) | (logScaleToUint8(scales[i3 + 1]) << 8)
-      | (logScaleToUint8(scales[i3 + 2]) << 16) | (angle << 24)) >>> 0;
+    const i3 = 3 * i, i4 = 4 * i, r = rotation[i];
+    out[i4] = color[sh0[i]] | alpha[opacity[i]];
+    out[i4 + 1] = h[i3] | (h[i3 + 1] << 16);
+    out[i4 + 2] = h[i3 + 2] | axis[r];
+    out[i4 + 3] = scale[scaleIds[i]] | angle[r];
   }
   return out;
+}
+
+/**
+ * Pack float arrays: means [N*3], scales [N*3] (log), quats [N*4] (wxyz), opacities [N]
+ * (logit), sh0 [N*3]. Returns Uint32Array [N*4].
+ */
+export function packSplats(frame) {
+  const enc = { color: encodeColors(frame.sh0), alpha: encodeAlphas(frame.opacities),
+    scale: encodeScales(frame.scales), ...encodeQuats(frame.quats) };
+  const rows = Uint32Array.from({ length: frame.numGaussians }, (_, i) => i);
+  return combine(frame.numGaussians, frame.means, enc, { sh0: rows, opacity: rows, scale: rows, rotation: rows });
+}
+
+const encodedBooks = new WeakMap(); // codebooks object (one per keyframe) -> row encodings
+
+/**
+ * Pack a codec decoder state (codec.mjs) and its means (Float32Array [N*3], `stateMeans`)
+ * without expanding its codebooks: the same bytes as packSplats(reconstruct(state)).
+ * Returns Uint32Array [N*4].
+ */
+export function packState(state, means) {
+  const cb = state.codebooks;
+  let enc = encodedBooks.get(cb);
+  if (!enc) {
+    enc = { color: encodeColors(cb.sh0.data), alpha: encodeAlphas(cb.opacity.data),
+      scale: encodeScales(cb.scale.data), ...encodeQuats(cb.rotation.data) };
+    encodedBooks.set(cb, enc);
+  }
+  return combine(state.n, means, enc, state.ids);
 }
 
 /**

@@ -6,8 +6,8 @@
 //   {kind: "skipped", index, frameType} (waiting for a keyframe) | {kind: "end", frameCount} |
 //   {kind: "error", message, fatal} | {kind: "closed", code, reason}.
 import { MessageSplitter, decodeBody } from "./protocol.mjs";
-import { FrameDecoder } from "./codec.mjs";
-import { packSplats, robustBounds } from "./pack.mjs";
+import { FrameDecoder, stateMeans } from "./codec.mjs";
+import { packState, robustBounds } from "./pack.mjs";
 
 let ws = null;
 let splitter = null;
@@ -71,18 +71,18 @@ function handle(body) {
       post({ kind: "skipped", index: msg.index, frameType: msg.frame_type });
       return;
     }
-    let frame;
     try {
       const t1 = performance.now();
-      frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload);
+      const state = decoder.update(msg.frame_type, msg.num_gaussians, msg.payload);
+      const means = stateMeans(state);
       const t2 = performance.now();
-      const packed = packSplats(frame);
+      const packed = packState(state, means);
       const t3 = performance.now();
-      const bounds = needBounds ? robustBounds(frame.means) : null;
+      const bounds = needBounds ? robustBounds(means) : null;
       needBounds = false;
       post({
         kind: "frame", index: msg.index, pts: msg.pts, frameType: msg.frame_type,
-        numGaussians: frame.numGaussians, packed, bounds, bytes: body.length + 4,
+        numGaussians: state.n, packed, bounds, bytes: body.length + 4,
         decodeMs: t3 - t0, timings: { unpackMs: t1 - t0, reconstructMs: t2 - t1, packMs: t3 - t2 },
       }, [packed.buffer]);
     } catch (e) { // bad payload: resume at the next keyframe
