@@ -21,14 +21,15 @@ def register(subparsers) -> None:
                               description="Encode INPUT_DIR/*.ply (natural sort order) into one .splatcast file.")
     p.add_argument("input_dir", type=Path, help="directory of INRIA-layout .ply frames")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .splatcast file")
-    p.add_argument("--gop", type=int, default=30, help="a keyframe at least every N frames (default 30)")
-    p.add_argument("--codebook-size", type=int, default=256, help="entries per VQ codebook (default 256)")
-    p.add_argument("--alpha", type=float, default=0.2,
-                   help="position step as a fraction of nearest-neighbour spacing (default 0.2)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="k-means device")
+    p.add_argument("--gop", type=int, help="a keyframe at least every N frames")
+    p.add_argument("--codebook-size", type=int, help="entries per VQ codebook")
+    p.add_argument("--alpha", type=float,
+                   help="position step = ALPHA x the 5%% quantile of nearest-neighbour distances")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="k-means device")
     p.add_argument("--zstd-level", type=int, default=3, help="zstd level of the messages, 1..22 (default 3)")
     p.add_argument("--fps", type=float, default=30.0, help="frames per second in the header (default 30)")
     p.set_defaults(func=encode)
+    p.epilog = "Codec settings left out take CodecConfig's defaults (docs/CODEC.md)."
 
     p = subparsers.add_parser("decode", help="decode a .splatcast file into PLY frames",
                               description="Decode IN.splatcast into OUT_DIR/frame_0000.ply, ...")
@@ -66,8 +67,9 @@ def encode(args: argparse.Namespace) -> int:
     partial = args.output.with_name(args.output.name + ".part")  # renamed when complete
     ply_bytes = out_bytes = gaussians = 0
     try:
-        config = CodecConfig(gop=args.gop, codebook_size=args.codebook_size, alpha=args.alpha,
-                             device=args.device)
+        settings = {"gop": args.gop, "codebook_size": args.codebook_size, "alpha": args.alpha,
+                    "device": args.device}
+        config = CodecConfig(**{k: v for k, v in settings.items() if v is not None})
         encoder = FrameEncoder(config)
         with open(partial, "wb") as out, tqdm(files, unit="frame", file=sys.stderr) as bar:
             for index, path in enumerate(bar):
