@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.put("/v1/sequences/{seq_id}/frames/{index}", status_code=201, dependencies=writes, tags=["frames"],
              openapi_extra=_binary_body("application/octet-stream", "One PLY file (INRIA 3DGS layout)."),
              responses={200: {"description": "Safe retry: this frame was already stored with the same bytes."}})
-    async def put_frame(seq_id: str, index: int, request: Request, response: Response) -> FrameOut:
+    async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request: Request, response: Response) -> FrameOut:
         """Upload frame ``index`` (the next one); it is encoded and stored before the response."""
         seqs.get(seq_id)
         body = await _read_body(request, settings.max_upload_bytes)

@@ -17,13 +17,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from splatcast.server.runner import uvicorn_config
+    from splatcast.server.runner import make_server
     from splatcast.server.settings import Settings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir),
                                    ("device", args.device)) if v is not None}
     settings = Settings(**overrides)
-    uvicorn.Server(uvicorn_config(settings)).run()
+    server, sock = make_server(settings)
+    server.run(sockets=[sock])
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -11,12 +12,23 @@ from splatcast.server.app import create_app
 from splatcast.server.settings import Settings
 
 
-def uvicorn_config(settings: Settings, host: str | None = None, port: int | None = None,
-                   log_level: str = "info") -> uvicorn.Config:
-    """uvicorn settings for splatcast: no per-message deflate (payloads are zstd already)."""
-    return uvicorn.Config(create_app(settings), host=host or settings.host,
-                          port=settings.port if port is None else port, log_level=log_level,
-                          ws_per_message_deflate=False, ws_max_size=64 * 1024, timeout_graceful_shutdown=3)
+def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Server, socket.socket]:
+    """A uvicorn server for ``create_app(settings)`` and its listening socket on ``settings.host:port``.
+
+    No per-message deflate (payloads are zstd already). The listening socket carries
+    ``SO_SNDBUF = settings.send_buffer_bytes``, which every accepted connection inherits, so the
+    kernel does not hide megabytes of stale frames in front of a slow subscriber.
+    Raises ``OSError`` if the address cannot be bound.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
+    sock.bind(address)
+    sock.listen(1024)
+    config = uvicorn.Config(create_app(settings), log_level=log_level, ws_per_message_deflate=False,
+                            ws_max_size=64 * 1024, timeout_graceful_shutdown=3)
+    return uvicorn.Server(config), sock
 
 
 class BackgroundServer:
@@ -28,10 +40,11 @@ class BackgroundServer:
     """
 
     def __init__(self, settings: Settings, log_level: str = "warning", start_timeout: float = 30.0) -> None:
-        self.server = uvicorn.Server(uvicorn_config(settings, host="127.0.0.1", port=0, log_level=log_level))
+        self.server, self.sock = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": 0}), log_level)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.start_timeout = start_timeout
-        self.thread = threading.Thread(target=self.server.run, name="splatcast-server", daemon=True)
-        self.url = ""
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="splatcast-server", daemon=True)
 
     def __enter__(self) -> "BackgroundServer":
         self.thread.start()
@@ -40,10 +53,9 @@ class BackgroundServer:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the splatcast server did not start")
             time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
         return self
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+        self.sock.close()

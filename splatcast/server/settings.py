@@ -34,5 +34,6 @@ class Settings(BaseSettings):
     max_sequences: int = Field(10_000, gt=0, description="Most stored sequences (429 above).")
     max_subscribers: int = Field(200, gt=0, description="Most live WebSocket subscribers per sequence (429 above).")
     subscriber_queue: int = Field(16, gt=0, description="Frame messages queued per subscriber before it skips to the next keyframe.")
+    send_buffer_bytes: int = Field(256 * 1024, gt=0, description="Kernel send buffer of each connection (SO_SNDBUF): small, so a slow subscriber's backlog stays in its queue, where it can skip to a keyframe.")
     send_timeout_s: float = Field(10.0, gt=0, description="A WebSocket send slower than this drops the subscriber.")
     codec_defaults: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields applied to new sequences unless the request sets them.")
