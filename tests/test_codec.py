@@ -166,7 +166,11 @@ def _mutations(key: dict, inter: dict, n: int):
     yield "step", "keyframe", n, edit(key, ["step"], -1.0), False
     yield "step type", "keyframe", n, edit(key, ["step"], "1"), False
     yield "sh degree", "keyframe", n, edit(key, ["sh_degree"], 7), False
-    yield "morton overflow", "keyframe", n, edit(key, ["morton"], np.full(n, 2**62, np.uint64)), False
+    huge = np.ascontiguousarray(np.full(n, 2**62, "<u8").view(np.uint8).reshape(n, 8).T)
+    yield "morton overflow", "keyframe", n, edit(key, ["morton"], huge), False
+    yield "morton planes", "keyframe", n, edit(key, ["morton"], huge[:3]), False
+    yield "ids_delta type", "keyframe", n, edit(key, ["ids_delta", "sh0"], 1), False
+    yield "ids_delta keys", "keyframe", n, edit(key, ["ids_delta", "sh0"], KeyError), False
     yield "list payload", "keyframe", n, [1, 2], False
     yield "frame type", "bogus", n, key, False
     yield "inter count", "interframe", n - 1, inter, True

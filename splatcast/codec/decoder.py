@@ -109,7 +109,8 @@ class FrameDecoder:
 # --- frame types -------------------------------------------------------------------------------
 
 def _keyframe(n: int, p: dict) -> DecoderState:
-    _keys(p, {"sh_degree", "step", "codebooks", "origin", "morton", "ids"}, "keyframe payload")
+    _keys(p, {"sh_degree", "step", "codebooks", "origin", "morton", "ids", "ids_delta"},
+          "keyframe payload")
     sh_degree = _int(p, "sh_degree", 0, 3)
     step = p["step"]
     if not isinstance(step, float) or not (0.0 < step < 1e30) or np.float32(step) != step:
@@ -128,7 +129,7 @@ def _keyframe(n: int, p: dict) -> DecoderState:
 
 
 def _intra(state: DecoderState, n: int, p: dict) -> DecoderState:
-    _keys(p, {"origin", "morton", "ids"}, "intra payload")
+    _keys(p, {"origin", "morton", "ids", "ids_delta"}, "intra payload")
     origin, q = _positions(n, p)
     ids = _ids(n, p, state.codebooks)
     return DecoderState(state.sh_degree, state.step, state.codebooks, origin, q, ids)
@@ -140,9 +141,12 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
         raise CodecError(f"interframe for {n} Gaussians, reference frame has {state.num_gaussians}")
     unit = _int(p, "unit", 1, 2**21)
     mask = _mask(p, "pos_mask", n, "pos_mask")
-    delta = _array(p, "pos_delta", _INT, (int(mask.sum()), 3), "pos_delta")
+    delta = _array(p, "pos_delta", _INT, (3, int(mask.sum())), "pos_delta")
     q = state.q.copy()
-    moved = q[mask].astype(np.int64) + delta.astype(np.int64) * unit
+    moves = np.cumsum(delta, axis=1, dtype=np.int64).T  # [M, 3] in units
+    if moves.size and np.abs(moves).max() >= 2 * MAX_Q:
+        raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
+    moved = q[mask].astype(np.int64) + moves * unit
     if moved.size and np.abs(moved).max() >= MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
     q[mask] = moved
@@ -153,9 +157,9 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
         m = _mask(masks, name, n, f"id_masks.{name}")
         old = state.ids[name]
         v = _array(values, name, (old.dtype.type,), (int(m.sum()),), f"id_values.{name}")
-        _check_ids(v, state.codebooks[name].shape[0], f"id_values.{name}")
         new = old.copy()
-        new[m] = v
+        new[m] = old[m] + v  # differences from the previous ids, modulo 2**8 or 2**16
+        _check_ids(new[m], state.codebooks[name].shape[0], f"id_values.{name}")
         ids[name] = new
     return DecoderState(state.sh_degree, state.step, state.codebooks, state.origin, q, ids)
 
@@ -166,7 +170,10 @@ def _positions(n: int, p: dict) -> tuple[np.ndarray, np.ndarray]:
     origin = _array(p, "origin", (np.float32,), (3,), "origin")
     if not np.isfinite(origin).all():
         raise CodecError("origin must be finite")
-    deltas = _array(p, "morton", _UINT, (n,), "morton")
+    planes = _array(p, "morton", (np.uint8,), (None, n), "morton")
+    if planes.shape[0] not in (1, 2, 4, 8):
+        raise CodecError(f"morton: {planes.shape[0]} byte planes, expected 1, 2, 4 or 8")
+    deltas = np.ascontiguousarray(planes.T).view(f"<u{planes.shape[0]}").reshape(n)
     codes = np.cumsum(deltas, dtype=np.uint64)
     if n and (int(deltas.max()) >= 2**63 or np.any(codes[1:] < codes[:-1]) or int(codes[-1]) >= 2**63):
         raise CodecError("morton deltas overflow 63-bit codes")
@@ -174,11 +181,15 @@ def _positions(n: int, p: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ids(n: int, p: dict, codebooks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    groups = _dict(p, "ids", list(codebooks))
+    groups, coded = _dict(p, "ids", list(codebooks)), _dict(p, "ids_delta", list(codebooks))
     out = {}
     for name, cb in codebooks.items():
         want = np.uint8 if cb.shape[0] <= 256 else np.uint16
         ids = _array(groups, name, (want,), (n,), f"ids.{name}")
+        if not isinstance(coded[name], bool):
+            raise CodecError(f"ids_delta.{name} must be a bool")
+        if coded[name]:  # differences from the previous row, modulo 2**8 or 2**16
+            ids = np.cumsum(ids, dtype=want)
         _check_ids(ids, cb.shape[0], f"ids.{name}")
         out[name] = ids
     return out

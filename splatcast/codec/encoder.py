@@ -67,9 +67,11 @@ class FrameEncoder:
         self._gop_pos = 0  # frames since the last keyframe
         self._order = np.zeros(0, np.int64)  # [N] input row of each codec row
         self._books: dict[str, torch.Tensor] = {}  # name -> [K, D] centroids in feature space
-        self._tolerance = 0
+        self._unit = 1  # interframe position unit and dead zone (unit / 2), in steps
+        self._limits: dict[str, float] = {}  # name -> mean squared VQ distortion at the keyframe
         self._feats: dict[str, torch.Tensor] = {}  # previous input's features, input order
         self._ids: dict[str, torch.Tensor] = {}  # previous input's ids, input order
+        self._dist: dict[str, torch.Tensor] = {}  # squared distance to the id's centroid when chosen
 
     def encode(self, frame: GaussianFrame) -> EncodedFrame:
         """Encode the next frame of the sequence (any device; float32 tensors)."""
@@ -95,7 +97,7 @@ class FrameEncoder:
             kind, payload, order, ids = self._keyframe(means, feats)
             self._gop_pos = 1
         recon = self._decoder.decode(kind, frame.num_gaussians, payload)
-        self._order, self._feats, self._ids = order, feats, ids
+        self._order, self._feats, self._ids, self._dist = order, feats, ids, self._new_dist
         return EncodedFrame(kind, frame.num_gaussians, payload, recon, order)
 
     # --- frame types ---------------------------------------------------------------------------
@@ -103,42 +105,44 @@ class FrameEncoder:
     def _keyframe(self, means: np.ndarray, feats: dict[str, torch.Tensor]):
         step = _derive_step(means, self.config)
         if self.config.tolerance is not None:
-            self._tolerance = self.config.tolerance
+            self._unit = 2 * self.config.tolerance + 1
         else:
-            self._tolerance = max(0, int(EXTENT_FRACTION * _extent(means) / step - 0.5))
-        origin, order, deltas = _positions(means, step)
+            self._unit = max(1, int(2 * EXTENT_FRACTION * _extent(means) / step))
+        origin, order, planes = _positions(means, step)
         codebooks = {}
         for i, (name, x) in enumerate(feats.items()):
             fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i) if len(x) else \
                 torch.zeros((1, x.shape[1]), device=x.device)
-            codebooks[name] = _to_stored(name, fitted)
+            codebooks[name] = _sorted_codebook(_to_stored(name, fitted))
         self._books = {name: _from_stored(name, cb, self.device) for name, cb in codebooks.items()}
         ids = self._assign(feats, full=True)
+        self._limits = {name: float(d.mean()) if len(d) else 0.0 for name, d in self._new_dist.items()}
         payload = dict(sh_degree=self._sh_degree, step=step, codebooks=codebooks, origin=origin,
-                       morton=deltas, ids=self._id_arrays(ids, order))
+                       morton=planes, **self._id_payload(ids, order))
         return "keyframe", payload, order, ids
 
     def _intra(self, means: np.ndarray, ids: dict[str, torch.Tensor]):
         try:
-            origin, order, deltas = _positions(means, float(self._decoder.state.step))
+            origin, order, planes = _positions(means, float(self._decoder.state.step))
         except _GridOverflow:
             return None  # the frame left the GOP's grid: a keyframe picks a new step
-        payload = dict(origin=origin, morton=deltas, ids=self._id_arrays(ids, order))
+        payload = dict(origin=origin, morton=planes, **self._id_payload(ids, order))
         return "intra", payload, order
 
     def _interframe(self, means: np.ndarray, ids: dict[str, torch.Tensor]):
         state, order = self._decoder.state, self._order
-        unit = 2 * self._tolerance + 1
+        unit = self._unit
         err = (means[order] - state.origin.astype(np.float64)) / float(state.step) - state.q
-        mask = (np.abs(err) > self._tolerance + 0.5).any(1)  # [N]
-        delta = np.rint(err[mask] / unit).astype(np.int64)  # [M, 3]
-        if delta.size and np.abs(state.q[mask] + delta * unit).max() >= MAX_Q:
+        mask = (np.abs(err) > unit / 2).any(1)  # [N] rows whose error would exceed unit/2 steps
+        moves = np.rint(err[mask] / unit).astype(np.int64)  # [M, 3]
+        if moves.size and np.abs(state.q[mask] + moves * unit).max() >= MAX_Q:
             return None
+        delta = np.diff(moves.T, axis=1, prepend=0)  # [3, M] differences along codec order
         id_masks, id_values = {}, {}
-        for name, cur in self._id_arrays(ids, order).items():
+        for name, cur in self._ids_in_order(ids, order).items():
             changed = cur != state.ids[name]
             id_masks[name] = _pack(changed)
-            id_values[name] = np.ascontiguousarray(cur[changed])
+            id_values[name] = cur[changed] - state.ids[name][changed]  # wraps like the ids
         payload = dict(unit=unit, pos_mask=_pack(mask), pos_delta=_narrow_int(delta),
                        id_masks=id_masks, id_values=id_values)
         return "interframe", payload, order
@@ -146,27 +150,44 @@ class FrameEncoder:
     # --- attributes ----------------------------------------------------------------------------
 
     def _assign(self, feats: dict[str, torch.Tensor], full: bool = False) -> dict[str, torch.Tensor]:
-        """Codebook ids [N] int64 per group, input order; rows unchanged since the previous
-        input frame keep their ids (same features, same codebook, same nearest centroid)."""
-        out = {}
+        """Codebook ids [N] int64 per group, input order. Unless ``full`` or the count changed,
+        a row keeps its previous id while its squared distance to that centroid stays within
+        max(L, d0) + L, L the keyframe's mean squared distortion and d0 the row's distance when
+        the id was chosen (hysteresis: fewer id changes, less time). Sets ``self._new_dist``."""
+        out, self._new_dist = {}, {}
         for name, x in feats.items():
-            prev = self._feats.get(name)
+            books, prev = self._books[name], self._feats.get(name)
             if full or prev is None or prev.shape != x.shape:
-                out[name] = kmeans.assign(x, self._books[name])
+                ids = kmeans.assign(x, books)
+                out[name], self._new_dist[name] = ids, _sqdist(x, books[ids])
                 continue
+            ids, dist = self._ids[name].clone(), self._dist[name].clone()
             rows = (x != prev).any(1).nonzero()[:, 0]
-            ids = self._ids[name].clone()
-            ids[rows] = kmeans.assign(x[rows], self._books[name])
-            out[name] = ids
+            limit = self._limits[name]
+            far = _sqdist(x[rows], books[ids[rows]]) > dist[rows].clamp(min=limit) + limit
+            rows = rows[far]
+            ids[rows] = kmeans.assign(x[rows], books)
+            dist[rows] = _sqdist(x[rows], books[ids[rows]])
+            out[name], self._new_dist[name] = ids, dist
         return out
 
-    def _id_arrays(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, np.ndarray]:
+    def _ids_in_order(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, np.ndarray]:
         """Ids in codec order as uint8 (codebooks <= 256 entries) or uint16."""
         out = {}
         for name, v in ids.items():
             dtype = np.uint8 if self._books[name].shape[0] <= 256 else np.uint16
             out[name] = np.ascontiguousarray(v.cpu().numpy()[order].astype(dtype))
         return out
+
+    def _id_payload(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, dict]:
+        """``ids`` and ``ids_delta`` fields: per group, the raw ids or their differences from the
+        previous row (modulo the id type), whichever compresses smaller."""
+        values, coded = {}, {}
+        for name, raw in self._ids_in_order(ids, order).items():
+            diff = np.diff(raw, prepend=raw.dtype.type(0))  # wraps modulo 2**8 / 2**16
+            coded[name] = bool(_size({"d": diff}) < _size({"r": raw}))
+            values[name] = diff if coded[name] else raw
+        return dict(ids=values, ids_delta=coded)
 
 
 class _GridOverflow(Exception):
@@ -195,6 +216,15 @@ def _to_stored(name: str, c: torch.Tensor) -> np.ndarray:
     elif name == "opacity":
         c = torch.logit(c.clamp(OPACITY_EPS, 1 - OPACITY_EPS))
     return np.clip(c.cpu().numpy(), -65504, 65504).astype(np.float16)
+
+
+def _sorted_codebook(cb: np.ndarray) -> np.ndarray:
+    """Rows sorted along the codebook's first principal axis, so that similar entries get
+    nearby ids (differences of neighbouring ids then compress better)."""
+    x = cb.astype(np.float64)
+    x -= x.mean(0)
+    axis = np.linalg.svd(x, full_matrices=False)[2][0] if len(x) > 1 else np.ones(x.shape[1])
+    return np.ascontiguousarray(cb[np.argsort(x @ axis, kind="stable")])
 
 
 def _from_stored(name: str, cb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -248,7 +278,8 @@ def _extent(means: np.ndarray) -> float:
 
 
 def _positions(means: np.ndarray, step: float):
-    """Grid origin (float32 [3]), Morton order [N] and sorted-code deltas for a step."""
+    """Grid origin (float32 [3]), Morton order [N] and the sorted codes' differences as
+    little-endian byte planes (uint8 [W, N], W = 1, 2, 4 or 8 bytes)."""
     origin = (means.min(0) if len(means) else np.zeros(3)).astype(np.float32)
     q = np.maximum(np.rint((means - origin.astype(np.float64)) / step), 0)
     if q.size and q.max() >= 2**morton.BITS:
@@ -256,8 +287,9 @@ def _positions(means: np.ndarray, step: float):
     codes = morton.encode(q.astype(np.int64))
     order = np.argsort(codes, kind="stable")
     codes = codes[order]
-    deltas = np.diff(codes, prepend=np.uint64(0))
-    return origin, order, _narrow_uint(deltas)
+    deltas = _narrow_uint(np.diff(codes, prepend=np.uint64(0)))
+    planes = deltas.astype(deltas.dtype.newbyteorder("<")).view(np.uint8).reshape(len(deltas), deltas.itemsize)
+    return origin, order, np.ascontiguousarray(planes.T)
 
 
 def _narrow_uint(a: np.ndarray) -> np.ndarray:
@@ -295,9 +327,13 @@ def _size(payload: dict) -> int:
     return len(_ZSTD.compress(b"".join(a.tobytes() for a in _arrays(payload))))
 
 
+def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # [N, D], [N, D] -> [N]
+    return ((x - c) ** 2).sum(1)
+
+
 def _check_finite(frame: GaussianFrame) -> None:
     for name in ("means", "scales", "quats", "sh0", "shN"):
-        if not torch.isfinite(getattr(frame, name)).all():
+        if not np.isfinite(getattr(frame, name).detach().cpu().numpy()).all():
             raise CodecError(f"{name} has non-finite values")
-    if torch.isnan(frame.opacities).any():
+    if np.isnan(frame.opacities.detach().cpu().numpy()).any():
         raise CodecError("opacities have NaN values")

@@ -9,13 +9,14 @@ tensor is on; on one device, the same input and seed give the same centroids.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-SAMPLE = 32768
+SAMPLE = 16384
 """Rows used to fit the centroids."""
 SEED_SAMPLE = 8192
 """Rows of the sample that k-means++ seeding draws from (it costs k passes over them)."""
-ITERATIONS = 12
+ITERATIONS = 8
 """Lloyd iterations after seeding."""
 CHUNK = 32768
 """Rows per distance block in ``assign``."""
@@ -37,12 +38,11 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 def fit(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """Centroids [min(k, N), D] float32 of the rows of ``x`` [N, D] float32 (N >= 1)."""
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    n = x.shape[0]
-    x = x[torch.randperm(n, generator=gen, device=x.device)[:SAMPLE]]  # random rows first
-    n = x.shape[0]
-    k = min(k, n, SEED_SAMPLE)
-    centroids = _seed(x[:SEED_SAMPLE], k, gen)
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(x.shape[0])[:SAMPLE]  # a random sample, in random order
+    x = x[torch.from_numpy(rows).to(x.device)]
+    k = min(k, x.shape[0], SEED_SAMPLE)
+    centroids = torch.from_numpy(_seed(x[:SEED_SAMPLE].cpu().numpy(), k, rng)).to(x.device)
     for _ in range(ITERATIONS):
         ids = assign(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, ids, x)
@@ -51,17 +51,15 @@ def fit(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return centroids
 
 
-def _seed(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: each next centre drawn with probability proportional to D(x)^2."""
-    first = torch.randint(x.shape[0], (1,), generator=gen, device=x.device)
-    centroids = [x[first]]
-    d2 = ((x - centroids[0]) ** 2).sum(1)  # [N]
-    for _ in range(1, k):
-        total = d2.sum()
-        if total <= 0:  # fewer distinct rows than k: repeat the first centre
-            centroids.append(centroids[0])
-            continue
-        nxt = torch.multinomial(d2 / total, 1, generator=gen)
-        centroids.append(x[nxt])
-        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
-    return torch.cat(centroids, 0)
+def _seed(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding on the CPU ([N, D] -> [k, D] float32): each next centre is drawn with
+    probability proportional to its squared distance to the nearest centre so far."""
+    chosen = [0]  # the rows are in random order already
+    d2 = ((x - x[0]) ** 2).sum(1, dtype=np.float64)  # [N]
+    for u in rng.random(k - 1):
+        cum = np.cumsum(d2)
+        nxt = int(np.searchsorted(cum, u * cum[-1], side="right")) if cum[-1] > 0 else 0
+        nxt = min(nxt, len(x) - 1)
+        chosen.append(nxt)
+        d2 = np.minimum(d2, ((x - x[nxt]) ** 2).sum(1, dtype=np.float64))
+    return x[chosen]

@@ -1,0 +1,157 @@
+"""Codec benchmark on the shared sequences, side by side with the peers' figures (issue 2).
+
+usage: python bench/bench_codec.py [--seq A,B,C,D] [--workdir DIR] [--gop 30] [--codebook-size 256]
+                                   [--zstd-level 3] [--frames-csv OUT.csv]
+
+Sequences (generated with ../shared/tools into WORKDIR, a temp dir unless given, and reused):
+A = tile_sh3_14k animated 30 frames; B = playbot_sh2_250k 10 frames with --jitter 0.0005;
+C = biker_sh0_153k 10 frames; D = the real loot capture, frames 0-29 (untracked).
+
+Bytes are what goes on the wire: len(encode_message(FrameMessage(...))) (msgpack + zstd +
+length prefix). Errors come from splatcast.codec.metrics.frame_errors against the input frame
+(rows matched with EncodedFrame.source_rows). Times are wall-clock on this machine: encode is
+FrameEncoder.encode, decode is FrameDecoder.decode (after the protocol has parsed the message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splatcast.codec import CodecConfig, FrameDecoder, FrameEncoder, GaussianFrame, read_ply
+from splatcast.codec.metrics import frame_errors
+from splatcast.protocol import FrameMessage, StreamDecoder, encode_message
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
+
+SEQUENCES = {  # name -> (tool, args, what)
+    "A": ("animate.py", ["data/scenes/tile_sh3_14k.ply", "--frames", "30"], "tile_sh3_14k, 30 tracked"),
+    "B": ("animate.py", ["data/scenes/playbot_sh2_250k.ply", "--frames", "10", "--jitter", "0.0005"],
+          "playbot_sh2_250k, 10 tracked + jitter"),
+    "C": ("animate.py", ["data/scenes/biker_sh0_153k.ply", "--frames", "10"], "biker_sh0_153k, 10 tracked"),
+    "D": ("loot_to_ply.py", ["--count", "30"], "loot 0-29, untracked"),
+}
+PEERS = {  # issue 2's table: gsvvcompressor key / inter, splats4d key / inter (B/G)
+    "A": ("12.8 / 6.9", "21.6 / 2.35"),
+    "B": ("16.8 / 6.4", "19.5 / 2.33"),
+    "C": ("12.3 / 8.5", "19.4 / 2.46"),
+    "D": ("3.0 per frame", "3.0 per frame"),
+}
+
+
+def generate(name: str, workdir: Path) -> Path:
+    out = workdir / name
+    if not (out.is_dir() and any(out.glob("*.ply"))):
+        tool, args, _ = SEQUENCES[name]
+        args = [str(SHARED / a) if a.startswith("data/") else a for a in args]
+        if tool == "animate.py":
+            args = [args[0], str(out), *args[1:]]
+        else:
+            args = [str(out), *args]
+        subprocess.run([sys.executable, str(SHARED / "tools" / tool), *args], check=True,
+                       stdout=subprocess.DEVNULL)
+    return out
+
+
+def run(name: str, directory: Path, config: CodecConfig, level: int) -> dict:
+    paths = sorted(directory.glob("*.ply"))
+    encoder, decoder, parser = FrameEncoder(config), FrameDecoder(), StreamDecoder()
+    rows = []
+    for i, path in enumerate(paths):
+        frame = read_ply(path)
+        t0 = time.perf_counter()
+        enc = encoder.encode(frame)
+        t_enc = time.perf_counter() - t0
+        data = encode_message(FrameMessage(i, i / 30, enc.frame_type, enc.num_gaussians, enc.payload),
+                              level=level)
+        (msg,) = parser.feed(data)
+        t0 = time.perf_counter()
+        dec = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
+        t_dec = time.perf_counter() - t0
+        idx = torch.from_numpy(enc.source_rows)
+        ref = GaussianFrame(**{k: getattr(frame, k)[idx] for k in
+                               ("means", "scales", "quats", "opacities", "sh0", "shN")})
+        err = frame_errors(ref, dec)
+        rows.append(dict(frame=i, type=enc.frame_type, n=enc.num_gaussians, bytes=len(data),
+                         ply=path.stat().st_size, enc_ms=1e3 * t_enc, dec_ms=1e3 * t_dec,
+                         step=enc.payload.get("step", float("nan")), **err))
+        print(f"  {name} {i:3d} {enc.frame_type:10s} {len(data) / enc.num_gaussians:6.2f} B/G "
+              f"enc {1e3 * t_enc:7.0f} ms dec {1e3 * t_dec:5.1f} ms pos_max {err['position_max_abs']:.2e} "
+              f"col {err['color_rmse_255']:.2f}/255", flush=True)
+    return dict(name=name, rows=rows)
+
+
+def summarise(res: dict) -> dict:
+    rows = res["rows"]
+
+    def pick(kind):
+        return [r for r in rows if r["type"] == kind]
+
+    def bpg(rs):
+        return sum(r["bytes"] for r in rs) / sum(r["n"] for r in rs) if rs else float("nan")
+
+    def mean(rs, key):
+        return float(np.mean([r[key] for r in rs])) if rs else float("nan")
+
+    key, inter, intra = pick("keyframe"), pick("interframe"), pick("intra")
+    return dict(
+        name=res["name"], key=bpg(key), inter=bpg(inter), intra=bpg(intra),
+        ratio=sum(r["ply"] for r in rows) / sum(r["bytes"] for r in rows),
+        pos_max=max(r["position_max_abs"] for r in rows),
+        pos_max_key=max(r["position_max_abs"] for r in key),
+        step=rows[0]["step"], color=mean(rows, "color_rmse_255"),
+        color_key=mean(key, "color_rmse_255"), opacity=mean(rows, "opacity_rmse"),
+        scale=mean(rows, "scale_rel_mean"), rot=mean(rows, "rotation_deg_mean"),
+        shN=mean(rows, "shN_rmse"), enc_key=mean(key, "enc_ms"),
+        enc_other=mean(inter + intra, "enc_ms"), dec=mean(rows, "dec_ms"),
+        types="".join(r["type"][0].upper() for r in rows),
+    )
+
+
+def table(summaries: list[dict]) -> str:
+    head = ("| seq | key B/G | inter B/G | intra B/G | ratio vs PLY | pos max key / all (step) "
+            "| colour RMSE /255 | opacity RMSE | scale rel | rot deg | shN RMSE | enc key / other ms "
+            "| dec ms | gsvv key/inter | splats4d key/inter |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for s in summaries:
+        gsvv, s4d = PEERS[s["name"]]
+        lines.append(
+            f"| {s['name']} | {s['key']:.2f} | {s['inter']:.2f} | {s['intra']:.2f} | {s['ratio']:.0f} "
+            f"| {s['pos_max_key']:.2e} / {s['pos_max']:.2e} ({s['step']:.2e}) | {s['color']:.2f} "
+            f"| {s['opacity']:.4f} | {s['scale']:.3f} | {s['rot']:.2f} | {s['shN']:.4f} "
+            f"| {s['enc_key']:.0f} / {s['enc_other']:.0f} | {s['dec']:.1f} | {gsvv} | {s4d} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seq", default="A,B,C,D")
+    ap.add_argument("--workdir", type=Path, help="where generated frames live (kept); default: temp")
+    ap.add_argument("--gop", type=int, default=CodecConfig.gop)
+    ap.add_argument("--codebook-size", type=int, default=CodecConfig.codebook_size)
+    ap.add_argument("--zstd-level", type=int, default=3)
+    a = ap.parse_args()
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    config = CodecConfig(gop=a.gop, codebook_size=a.codebook_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = a.workdir or Path(tmp)
+        summaries = []
+        for name in a.seq.split(","):
+            print(f"{name}: {SEQUENCES[name][2]}", flush=True)
+            summaries.append(summarise(run(name, generate(name, workdir), config, a.zstd_level)))
+            print(f"  types {summaries[-1]['types']}")
+    print()
+    print(table(summaries))
+
+
+if __name__ == "__main__":
+    main()
