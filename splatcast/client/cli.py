@@ -61,7 +61,8 @@ def upload(args: argparse.Namespace) -> int:
                     bar.update()
                 await client.upload_frames(seq["id"], (p.read_bytes() for p in files),
                                            fps=args.fps if args.live else None, progress=progress)
-            info = seq if args.no_finish else await client.finish(seq["id"])
+            if not args.no_finish:
+                await client.finish(seq["id"])
             info = await client.get(seq["id"])
             print(f"sequence {info['id']} ({info['status']}): {info['frames']} frames, {info['keyframes']} keyframes, "
                   f"{info['stream_bytes']:,} bytes, {info['ratio']}x smaller than PLY, "

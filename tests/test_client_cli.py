@@ -1,0 +1,65 @@
+"""The client's command line and blocking wrapper against a real server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from splatcast.cli import main
+from splatcast.client import SplatcastError, SyncSplatcastClient
+from splatcast.client.api import ply_files
+from splatcast.codec import read_ply
+from splatcast.server import BackgroundServer, Settings
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with BackgroundServer(Settings(data_dir=tmp_path_factory.mktemp("data"))) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("torus")
+    assert main(["demo", "--generate", str(out), "--frames", "4", "--gaussians", "3000"]) == 0
+    return out
+
+
+def test_upload_resume_and_watch_with_ply_output(server, frames_dir, tmp_path, capsys):
+    args = ["upload", str(frames_dir), "--server", server.url, "--id", "torus", "--gop", "2"]
+    assert main(args) == 0
+    assert "sequence torus (finished): 4 frames, 2 keyframes" in capsys.readouterr().out
+    assert main(args) == 0  # continuing a stored sequence: every frame is a safe retry
+    assert "sequence torus (finished): 4 frames, 2 keyframes" in capsys.readouterr().out
+
+    out = tmp_path / "watched"
+    assert main(["watch", "torus", "--server", server.url, "--from", "start", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:5]] == [["0", "keyframe"], ["1", "interframe"],
+                                                        ["2", "keyframe"], ["3", "interframe"]]
+    assert lines[-1].startswith("4 frames decoded, 0 skipped")
+    written = ply_files(out)
+    assert [p.name for p in written] == [f"frame_{i:05d}.ply" for i in range(4)]
+    assert read_ply(written[3]).num_gaussians == 3000
+
+    assert main(["watch", "nope", "--server", server.url]) == 1
+    assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_sync_client(server, frames_dir):
+    plys = [p.read_bytes() for p in ply_files(frames_dir)]
+    with SyncSplatcastClient(server.url) as client:
+        sid = client.create("sync", fps=10, codec={"gop": 3})["id"]
+        ups = client.upload_frames(sid, plys)
+        assert [u.status for u in ups] == [201] * 4
+        assert [u.frame["frame_type"] for u in ups][::3] == ["keyframe", "keyframe"]
+        client.finish(sid)
+        frames = list(client.subscribe(sid, from_start=True))
+        assert [f.index for f in frames] == [0, 1, 2, 3] and frames[0].decode_ms > 0
+        late = list(client.subscribe(sid))  # a finished stream: from its latest keyframe
+        assert [f.index for f in late] == [3] and late[0].frame_type == "keyframe"
+        assert sid in [s["id"] for s in client.list()] and len(client.frames(sid)) == 4
+        assert client.download(sid)[4:8]  # non-empty stream
+        client.delete(sid)
+        with pytest.raises(SplatcastError) as e:
+            client.get(sid)
+        assert e.value.status == 404
