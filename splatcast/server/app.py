@@ -27,6 +27,14 @@ from splatcast.server.storage import FrameRecord, SequenceInfo, SqliteStorage
 from splatcast.server.stream import serve_subscriber
 
 STATIC_DIR = Path(__file__).parent / "static"
+_DESCRIPTION = """Upload 3DGS PLY frames over HTTP; each is encoded on arrival and streamed to subscribers.
+
+**WebSocket** `/v1/sequences/{seq_id}/stream[?from=start][&pace=realtime][&token=...]`: binary
+messages, each one protocol message (docs/PROTOCOL.md): the stream header, frames from the latest
+keyframe (or frame 0 with `from=start`), live frames as they are stored, then the end message.
+Refused before the handshake with 404 (unknown sequence), 401 (token) or 429 (too many
+subscribers). A subscriber that falls behind skips to the next keyframe; one that stops reading is
+dropped after the send timeout. Full reference: docs/API.md."""
 _CHUNK = 1024 * 1024
 
 
@@ -106,8 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         storage.close()
 
-    app = FastAPI(title="splatcast", version="1", lifespan=lifespan,
-                  description="Upload 3DGS PLY frames, stream the encoded sequence over WebSockets. See docs/API.md.")
+    app = FastAPI(title="splatcast", version="1", lifespan=lifespan, description=_DESCRIPTION)
     app.state.settings, app.state.sequences = settings, seqs
     def out(info: SequenceInfo) -> SequenceOut:
         return SequenceOut(

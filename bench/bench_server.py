@@ -1,0 +1,155 @@
+"""Server benchmark on loopback: upload-to-decode latency, encode/decode time, subscriber fan-out.
+
+Runs ``splatcast serve`` in a subprocess (so the benchmark's clients do not share its GIL) and:
+
+1. uploads real sequences paced at their fps, with one subscriber decoding every frame on
+   arrival, and prints per frame: type, size, server encode ms, decode ms and the latency
+   from the start of the upload to the end of the decode (targets: <= 100 ms for loot
+   interframes, about 48k Gaussians; <= 400 ms for the 250k playbot sequence);
+2. replays the stored loot sequence to N concurrent subscribers paced by the server at 30 fps
+   (``?from=start&pace=realtime``) and counts the subscribers that keep up: every frame
+   received, none later than ``--late-ms`` behind the 30 fps schedule (target: >= 50).
+
+Data comes from ``../shared`` (or ``$SPLATCAST_SHARED``) through its tools, into a temporary
+directory. Figures taken while other work runs on the machine are noisy.
+
+    .venv/bin/python bench/bench_server.py [--loot-frames 60] [--playbot-frames 8]
+                                           [--subscribers 10,25,50,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import connect
+
+from splatcast.client.api import SplatcastClient, ply_files
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
+
+
+def make_data(tmp: Path, loot_frames: int, playbot_frames: int) -> dict[str, Path]:
+    tool = lambda name, *a: subprocess.run([sys.executable, str(SHARED / "tools" / name), *map(str, a)],  # noqa: E731
+                                           check=True, stdout=subprocess.DEVNULL)
+    tool("loot_to_ply.py", tmp / "loot", "--count", loot_frames)
+    data = {"loot": tmp / "loot"}
+    if playbot_frames:
+        tool("animate.py", SHARED / "data/scenes/playbot_sh2_250k.ply", tmp / "playbot", "--frames", playbot_frames)
+        data["playbot"] = tmp / "playbot"
+    return data
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SPLATCAST_MAX_SUBSCRIBERS": "500"}
+    proc = subprocess.Popen([sys.executable, "-m", "splatcast", "serve", "--port", str(port), "--data-dir",
+                             str(data_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            return proc, url
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.3)
+
+
+async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
+    """Upload live at fps with one decoding subscriber; print the per-frame table; return the id."""
+    plys = [p.read_bytes() for p in ply_files(directory)]
+    async with SplatcastClient(url) as client:
+        sid = (await client.create(name, fps))["id"]
+        received = []
+
+        async def watch():
+            async for f in client.subscribe(sid, from_start=True):
+                received.append(f)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.3)
+        ups = await client.upload_frames(sid, plys, fps=fps)
+        await client.finish(sid)
+        await asyncio.wait_for(watcher, 300)
+    sent = {u.index: u for u in ups}
+    print(f"\n== {name}: {len(plys)} frames uploaded at up to {fps:g} fps, one subscriber decoding on arrival")
+    print(f"{'frame':>5} {'type':<10} {'gaussians':>9} {'kbytes':>7} {'encode ms':>9} {'answer ms':>9} "
+          f"{'decode ms':>9} {'upload->decode ms':>17}")
+    rows = []
+    for f in received:
+        u = sent[f.index]
+        lat = (f.decoded_at - u.sent_at) * 1000
+        rows.append((f.frame_type, u.frame["encode_ms"], f.decode_ms, lat))
+        print(f"{f.index:>5} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>7.1f} "
+              f"{u.frame['encode_ms']:>9.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} {f.decode_ms:>9.1f} {lat:>17.1f}")
+    for kind in ("keyframe", "non-keyframe"):
+        sel = [r for r in rows if (r[0] == "keyframe") == (kind == "keyframe")]
+        if sel:
+            print(f"{name} {kind}s ({len(sel)}): encode median {statistics.median(r[1] for r in sel):.0f} ms, "
+                  f"decode median {statistics.median(r[2] for r in sel):.1f} ms, upload->decode median "
+                  f"{statistics.median(r[3] for r in sel):.0f} ms, max {max(r[3] for r in sel):.0f} ms")
+    return sid
+
+
+async def fanout(url: str, sid: str, n: int, frames: int, fps: float, late_ms: float) -> tuple[int, float]:
+    """N subscribers replaying at fps; returns (how many kept up, worst lateness in ms)."""
+    ws_url = url.replace("http", "ws") + f"/v1/sequences/{sid}/stream?from=start&pace=realtime"
+
+    async def one() -> tuple[bool, float]:
+        async with connect(ws_url, compression=None, max_size=None) as ws:
+            arrivals = [time.perf_counter() async for _ in ws]  # header, frames, end
+        times = arrivals[1:-1]
+        if len(times) != frames:
+            return False, float("inf")
+        late = max((t - times[0] - i / fps) * 1000 for i, t in enumerate(times))
+        return late <= late_ms, late
+
+    results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    return sum(k for k, _ in ok), max((late for _, late in ok), default=float("inf"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--loot-frames", type=int, default=60)
+    ap.add_argument("--playbot-frames", type=int, default=8, help="0 to skip the 250k sequence")
+    ap.add_argument("--subscribers", default="10,25,50,100")
+    ap.add_argument("--late-ms", type=float, default=100.0, help="lateness that counts as not keeping up")
+    args = ap.parse_args()
+    if not (SHARED / "data/loot_depth7.npz").exists():
+        sys.exit(f"shared data missing: {SHARED} (set SPLATCAST_SHARED)")
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        tmp = Path(tmp)
+        data = make_data(tmp, args.loot_frames, args.playbot_frames)
+        proc, url = start_server(tmp / "server-data")
+        try:
+            print(f"server {url} (subprocess), {os.cpu_count()} CPUs; figures are noisy while other work runs")
+            loot = asyncio.run(latency_run(url, "loot", data["loot"], 30.0))
+            if "playbot" in data:
+                asyncio.run(latency_run(url, "playbot", data["playbot"], 30.0))
+            print(f"\n== fan-out: stored loot ({args.loot_frames} frames) replayed to N subscribers at 30 fps")
+            for n in map(int, args.subscribers.split(",")):
+                kept, worst = asyncio.run(fanout(url, loot, n, args.loot_frames, 30.0, args.late_ms))
+                print(f"{n:>4} subscribers: {kept:>4} kept up (all frames, <= {args.late_ms:g} ms late), "
+                      f"worst lateness {worst:.0f} ms", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
