@@ -6,6 +6,7 @@ Documented for users in docs/API.md; FastAPI serves the same as OpenAPI at ``/do
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 import tarfile
@@ -157,8 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request: Request, response: Response) -> FrameOut:
         """Upload frame ``index`` (the next one); it is encoded and stored before the response."""
         seqs.get(seq_id)
-        body = await _read_body(request, settings.max_upload_bytes)
-        result = await seqs.put_frame(seq_id, index, body)
+        body, sha256 = await _read_body(request, settings.max_upload_bytes)
+        result = await seqs.put_frame(seq_id, index, body, sha256)
         if not result.created:
             response.status_code = 200
         return FrameOut.of(result.record)
@@ -180,9 +181,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if member.size > settings.max_upload_bytes:
                     raise HTTPException(413, f"{member.name}: {member.size} bytes over the limit of "
                                              f"{settings.max_upload_bytes} ({len(frames)} frames stored before it)")
-                body = await asyncio.to_thread(_member_bytes, spool, member)
+                body, sha256 = await asyncio.to_thread(_member_bytes, spool, member)
                 try:
-                    frames.append(FrameOut.of((await seqs.put_frame(seq_id, start + i, body)).record))
+                    ingested = await seqs.put_frame(seq_id, start + i, body, sha256)
+                    frames.append(FrameOut.of(ingested.record))
                 except HTTPException as e:
                     raise HTTPException(e.status_code, f"{member.name}: {e.detail} "
                                                        f"({len(frames)} frames stored before it)") from None
@@ -267,13 +269,15 @@ async def _limited_stream(request: Request, limit: int):
         yield chunk
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
+async def _read_body(request: Request, limit: int) -> tuple[bytearray, str]:
+    """The whole body (413 over ``limit``) and its SHA-256, hashed while it arrives."""
+    body, digest = bytearray(), hashlib.sha256()
     async for chunk in _limited_stream(request, limit):
         body += chunk
+        digest.update(chunk)
     if not body:
         raise HTTPException(400, "empty body: send one PLY file as application/octet-stream")
-    return bytes(body)
+    return body, digest.hexdigest()
 
 
 def _natural_key(name: str) -> list:
@@ -293,6 +297,7 @@ def _ply_members(spool, max_frames: int) -> list[tarfile.TarInfo]:
     return sorted(members, key=lambda m: _natural_key(m.name))
 
 
-def _member_bytes(spool, member: tarfile.TarInfo) -> bytes:
+def _member_bytes(spool, member: tarfile.TarInfo) -> tuple[bytes, str]:
     spool.seek(member.offset_data)
-    return spool.read(member.size)
+    body = spool.read(member.size)
+    return body, hashlib.sha256(body).hexdigest()

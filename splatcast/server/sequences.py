@@ -13,7 +13,6 @@ whose first frame is a keyframe, i.e. a new GOP.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import secrets
 import time
@@ -74,29 +73,33 @@ class Sequences:
             raise HTTPException(409, f"sequence {info.id!r} already exists") from None
         return info
 
-    async def put_frame(self, seq_id: str, index: int, body: bytes) -> Ingested:
-        """Store frame ``index`` (the next one), or confirm a retry of a stored identical frame."""
+    async def put_frame(self, seq_id: str, index: int, body: bytes | bytearray, sha256: str) -> Ingested:
+        """Store frame ``index`` (the next one), or confirm a retry of a stored identical frame.
+
+        ``body`` is one PLY file, ``sha256`` its hex digest (compared for retries).
+        """
         async with self._lock(seq_id):
             info = self.get(seq_id)
             if index < info.frame_count:
-                return await asyncio.to_thread(self._check_retry, seq_id, index, body)
+                return self._check_retry(seq_id, index, sha256)
             if info.finished:
                 raise HTTPException(409, f"sequence {seq_id!r} is finished ({info.frame_count} frames)")
             if index != info.frame_count:
                 raise HTTPException(409, f"expected frame {info.frame_count}, got {index}: frames must come in order")
             if index >= self.settings.max_frames:
                 raise HTTPException(413, f"sequence {seq_id!r} reached the limit of {self.settings.max_frames} frames")
-            record, message = await asyncio.to_thread(self._encode_and_store, info, index, body)
+            record, message = await asyncio.to_thread(self._encode_and_store, info, index, body, sha256)
             self.hub.publish(seq_id, Item("frame", message, record.index, record.frame_type))
             return Ingested(record, created=True)
 
-    def _check_retry(self, seq_id: str, index: int, body: bytes) -> Ingested:
+    def _check_retry(self, seq_id: str, index: int, sha256: str) -> Ingested:
         (record,) = self.storage.frames(seq_id, index, index + 1)
-        if hashlib.sha256(body).hexdigest() != record.sha256:
+        if sha256 != record.sha256:
             raise HTTPException(409, f"frame {index} is already stored with different content")
         return Ingested(record, created=False)
 
-    def _encode_and_store(self, info: SequenceInfo, index: int, body: bytes) -> tuple[FrameRecord, bytes]:
+    def _encode_and_store(self, info: SequenceInfo, index: int, body: bytes | bytearray,
+                          sha256: str) -> tuple[FrameRecord, bytes]:
         received_at = time.time()
         try:
             frame = read_ply(body)
@@ -121,7 +124,7 @@ class Sequences:
                                                  codec_params=info.codec, sh_degree=frame.sh_degree,
                                                  fps=info.fps, name=info.name))
         record = FrameRecord(index=index, frame_type=encoded.frame_type, num_gaussians=encoded.num_gaussians,
-                             raw_bytes=len(body), sha256=hashlib.sha256(body).hexdigest(), encode_ms=encode_ms,
+                             raw_bytes=len(body), sha256=sha256, encode_ms=encode_ms,
                              received_at=received_at)
         record = self.storage.append(info.id, record, message, header=header, sh_degree=frame.sh_degree)
         self._encoders[info.id] = encoder  # trusted again: everything it encoded is stored

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import WebSocket
+from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
 from splatcast.protocol import ErrorMessage, encode_message
@@ -51,8 +51,8 @@ async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_sta
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        if sender in done and sender.exception() is not None and watcher not in done:
-            exc = sender.exception()
+        exc = sender.exception() if sender in done else None
+        if exc is not None and watcher not in done and not isinstance(exc, WebSocketDisconnect):
             if isinstance(exc, SendTimeout):
                 log.warning("dropped a subscriber of %s: a send took over %.1f s", seq_id, settings.send_timeout_s)
             else:
