@@ -70,20 +70,22 @@ def decode_payload(state: DecoderState | None, frame_type: str, num_gaussians: i
 
 def reconstruct(state: DecoderState) -> dict[str, np.ndarray]:
     """The frame a state stands for, as float32 numpy arrays named like GaussianFrame's fields."""
-    n = state.num_gaussians
+    n, d = state.num_gaussians, state.sh_degree
     cb, ids = state.codebooks, state.ids
 
-    def take(name: str) -> np.ndarray:
-        return np.take(cb[name], ids[name], axis=0)
+    def take(name: str) -> np.ndarray:  # ids already validated
+        return np.take(cb[name], ids[name], axis=0, mode="clip")
 
-    bands = [take(f"shN_{b}").reshape(n, 2 * b + 1, 3) for b in range(1, state.sh_degree + 1)]
+    shN = np.empty((n, (d + 1) ** 2 - 1, 3), np.float32)
+    for b in range(1, d + 1):
+        shN[:, b * b - 1:(b + 1) ** 2 - 1, :] = take(f"shN_{b}").reshape(n, 2 * b + 1, 3)
     return dict(
         means=state.origin[None, :] + state.q.astype(np.float32) * state.step,
         scales=take("scale"),
         quats=take("rotation"),
-        opacities=take("opacity")[:, 0].copy(),
+        opacities=np.take(cb["opacity"][:, 0], ids["opacity"], mode="clip"),
         sh0=take("sh0"),
-        shN=np.concatenate(bands, axis=1) if bands else np.zeros((n, 0, 3), np.float32),
+        shN=shN,
     )
 
 

@@ -24,6 +24,8 @@ NN_QUANTILE = 0.05
 """Quantile of those distances that ``alpha`` multiplies (gsvvcompressor's default)."""
 EXTENT_FRACTION = 5e-4
 """Derived interframe tolerance keeps position errors within this fraction of the scene extent."""
+INTRA_TRIAL = 0.5
+"""An intra frame is tried when the interframe exceeds this fraction of the last intra size."""
 OPACITY_EPS = 1e-4
 """Opacity centroids are clipped to [eps, 1 - eps] before the logit (finite codebooks)."""
 
@@ -67,6 +69,7 @@ class FrameEncoder:
         self._gop_pos = 0  # frames since the last keyframe
         self._order = np.zeros(0, np.int64)  # [N] input row of each codec row
         self._books: dict[str, torch.Tensor] = {}  # name -> [K, D] centroids in feature space
+        self._intra_bpg = 0.0  # zstd bytes per Gaussian of the last keyframe/intra positions + ids
         self._unit = 1  # interframe position unit and dead zone (unit / 2), in steps
         self._limits: dict[str, float] = {}  # name -> mean squared VQ distortion at the keyframe
         self._feats: dict[str, torch.Tensor] = {}  # previous input's features, input order
@@ -82,21 +85,25 @@ class FrameEncoder:
         _check_finite(frame)
         means = frame.means.detach().cpu().numpy().astype(np.float64)  # [N, 3]
         feats = _features(frame.to(self.device))
-        state = self._decoder.state
-        candidates = []
+        state, n = self._decoder.state, frame.num_gaussians
+        candidates = []  # (size, frame type, payload, order)
         if state is not None and self._gop_pos < self.config.gop:
             ids = self._assign(feats)
-            candidates.append(self._intra(means, ids))
-            if frame.num_gaussians == state.num_gaussians:
-                candidates.append(self._interframe(means, ids))
-            candidates = [c for c in candidates if c is not None]
+            inter = self._interframe(means, ids) if n == state.num_gaussians else None
+            # an intra frame is only tried when an interframe is not clearly smaller than one
+            if inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n:
+                candidates.append(self._intra(means, ids))
+            candidates = [c for c in (inter, *candidates) if c is not None]
         if candidates:
-            kind, payload, order = min(candidates, key=lambda c: _size(c[1]))
+            _, kind, payload, order = min(candidates)
             self._gop_pos += 1
         else:
             kind, payload, order, ids = self._keyframe(means, feats)
             self._gop_pos = 1
-        recon = self._decoder.decode(kind, frame.num_gaussians, payload)
+        if kind != "interframe":
+            positions_and_ids = {k: payload[k] for k in ("morton", "ids")}
+            self._intra_bpg = _size(positions_and_ids) / max(n, 1)
+        recon = self._decoder.decode(kind, n, payload)
         self._order, self._feats, self._ids, self._dist = order, feats, ids, self._new_dist
         return EncodedFrame(kind, frame.num_gaussians, payload, recon, order)
 
@@ -127,7 +134,7 @@ class FrameEncoder:
         except _GridOverflow:
             return None  # the frame left the GOP's grid: a keyframe picks a new step
         payload = dict(origin=origin, morton=planes, **self._id_payload(ids, order))
-        return "intra", payload, order
+        return _size(payload), "intra", payload, order
 
     def _interframe(self, means: np.ndarray, ids: dict[str, torch.Tensor]):
         state, order = self._decoder.state, self._order
@@ -145,7 +152,7 @@ class FrameEncoder:
             id_values[name] = cur[changed] - state.ids[name][changed]  # wraps like the ids
         payload = dict(unit=unit, pos_mask=_pack(mask), pos_delta=_narrow_int(delta),
                        id_masks=id_masks, id_values=id_values)
-        return "interframe", payload, order
+        return _size(payload), "interframe", payload, order
 
     # --- attributes ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ SEED_SAMPLE = 8192
 """Rows of the sample that k-means++ seeding draws from (it costs k passes over them)."""
 ITERATIONS = 8
 """Lloyd iterations after seeding."""
-CHUNK = 32768
+CHUNK = 8192
 """Rows per distance block in ``assign``."""
 
 
