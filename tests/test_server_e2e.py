@@ -269,8 +269,7 @@ def test_auth_and_limits(tmp_path):
                         max_gaussians=2000, max_frames=3, max_subscribers=1)
 
     async def scenario(url):
-        anon = SplatcastClient(url)
-        client = SplatcastClient(url, token="s3cret")
+        anon, client, wrong = SplatcastClient(url), SplatcastClient(url, token="s3cret"), SplatcastClient(url, token="x")
 
         async def status_of(coro) -> int:
             try:
@@ -280,7 +279,7 @@ def test_auth_and_limits(tmp_path):
             return 200
 
         assert await status_of(anon.create("x")) == 401
-        assert await status_of(SplatcastClient(url, token="wrong").create("x")) == 401
+        assert await status_of(wrong.create("x")) == 401
         assert await status_of(anon.list()) == 401
         assert (await anon._http.get("/v1/sequences", params={"token": "s3cret"})).status_code == 200
         assert await status_of(client.create("x", codec={"gop": 0})) == 422
@@ -338,27 +337,32 @@ def test_auth_and_limits(tmp_path):
             await asyncio.wait_for(subscriber, 30)
         assert await status_of(client.get(sid2)) == 404
         assert (await anon._http.get("/healthz")).json() == {"status": "ok"}
-        for c in (anon, client):
+        for c in (anon, client, wrong):
             await c.aclose()
 
     with BackgroundServer(settings) as srv:
         asyncio.run(scenario(srv.url))
 
 
-def test_openapi_documents_the_api(tmp_path):
+def test_openapi_documents_the_api_and_the_viewer_pages_are_served(tmp_path):
     from splatcast.server import create_app
+    from splatcast.server.app import STATIC_DIR
 
     app = create_app(Settings(data_dir=tmp_path))
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            return (await c.get("/openapi.json")).json()
+            return [await c.get(p) for p in ("/openapi.json", "/", "/view/abc123")]
 
-    spec = asyncio.run(go())
-    paths = spec["paths"]
+    spec, index, view = asyncio.run(go())
+    paths = spec.json()["paths"]
     for path in ("/v1/sequences", "/v1/sequences/{seq_id}", "/v1/sequences/{seq_id}/frames/{index}",
                  "/v1/sequences/{seq_id}/frames", "/v1/sequences/{seq_id}/finish",
                  "/v1/sequences/{seq_id}/stream.splatcast", "/healthz"):
         assert path in paths, path
     put = paths["/v1/sequences/{seq_id}/frames/{index}"]["put"]
     assert "application/octet-stream" in put["requestBody"]["content"]
+    assert "/v1/sequences/{seq_id}/stream" in spec.json()["info"]["description"]  # the WebSocket
+    for page, response in (("index.html", index), ("view.html", view)):
+        if (STATIC_DIR / page).is_file():
+            assert response.status_code == 200 and response.content == (STATIC_DIR / page).read_bytes()
