@@ -8,7 +8,9 @@ Runs ``splatcast serve`` in a subprocess (so the benchmark's clients do not shar
    interframes, about 48k Gaussians; <= 400 ms for the 250k playbot sequence);
 2. replays the stored loot sequence to N concurrent subscribers paced by the server at 30 fps
    (``?from=start&pace=realtime``) and counts the subscribers that keep up: every frame
-   received, none later than ``--late-ms`` behind the 30 fps schedule (target: >= 50).
+   received, none later than ``--late-ms`` behind the 30 fps schedule (target: >= 50);
+3. uploads loot live (at up to 30 fps: the encoder may be slower) to N subscribers that joined
+   first, and counts those that got every frame, with how much later than the first one.
 
 Data comes from ``../shared`` (or ``$SPLATCAST_SHARED``) through its tools, into a temporary
 directory. Figures taken while other work runs on the machine are noisy.
@@ -123,11 +125,38 @@ async def fanout(url: str, sid: str, n: int, frames: int, fps: float, late_ms: f
     return sum(k for k, _ in ok), max((late for _, late in ok), default=float("inf"))
 
 
+async def live_fanout(url: str, directory: Path, n: int, fps: float) -> tuple[int, float, float]:
+    """N raw subscribers on a live upload (paced at up to fps); returns (kept all frames, spread p99, max ms).
+
+    The spread of a frame is how much later a subscriber got it than the first subscriber did.
+    """
+    plys = [p.read_bytes() for p in ply_files(directory)]
+    async with SplatcastClient(url) as client:
+        sid = (await client.create(f"live-{n}", fps))["id"]
+        ws_url = url.replace("http", "ws") + f"/v1/sequences/{sid}/stream"
+
+        async def one() -> list[float]:
+            async with connect(ws_url, compression=None, max_size=None) as ws:
+                return [time.perf_counter() async for _ in ws][1:-1]  # frames only
+
+        subs = [asyncio.create_task(one()) for _ in range(n)]
+        while (await client.get(sid))["subscribers"] < n:
+            await asyncio.sleep(0.1)
+        await client.upload_frames(sid, plys, fps=fps)
+        await client.finish(sid)
+        arrivals = [a for a in await asyncio.gather(*subs, return_exceptions=True) if isinstance(a, list)]
+    complete = [a for a in arrivals if len(a) == len(plys)]
+    spreads = sorted(t - min(a[i] for a in complete) for a in complete for i, t in enumerate(a))
+    p99 = spreads[int(0.99 * (len(spreads) - 1))] * 1000 if spreads else float("inf")
+    return len(complete), p99, (spreads[-1] * 1000 if spreads else float("inf"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--loot-frames", type=int, default=60)
     ap.add_argument("--playbot-frames", type=int, default=8, help="0 to skip the 250k sequence")
     ap.add_argument("--subscribers", default="10,25,50,100")
+    ap.add_argument("--live-subscribers", default="50,100", help="subscriber counts for the live fan-out")
     ap.add_argument("--late-ms", type=float, default=100.0, help="lateness that counts as not keeping up")
     args = ap.parse_args()
     if not (SHARED / "data/loot_depth7.npz").exists():
@@ -146,6 +175,11 @@ def main() -> None:
                 kept, worst = asyncio.run(fanout(url, loot, n, args.loot_frames, 30.0, args.late_ms))
                 print(f"{n:>4} subscribers: {kept:>4} kept up (all frames, <= {args.late_ms:g} ms late), "
                       f"worst lateness {worst:.0f} ms", flush=True)
+            print(f"\n== live fan-out: loot uploaded at up to 30 fps to N subscribers joined before frame 0")
+            for n in map(int, args.live_subscribers.split(",")):
+                kept, p99, worst = asyncio.run(live_fanout(url, data["loot"], n, 30.0))
+                print(f"{n:>4} subscribers: {kept:>4} got every frame; a frame reached the last subscriber "
+                      f"p99 {p99:.0f} ms, max {worst:.0f} ms after the first", flush=True)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -54,6 +54,7 @@ class Sequences:
         return info
 
     def _lock(self, seq_id: str) -> asyncio.Lock:
+        self.get(seq_id)  # 404 before an unknown id gets a lock
         return self._locks.setdefault(seq_id, asyncio.Lock())
 
     def create(self, name: str, fps: float, codec: dict, seq_id: str | None = None) -> SequenceInfo:
