@@ -61,6 +61,7 @@ def test_compose_commands_run_outside_docker(tmp_path):
     server_env = env("server", SPLATCAST_HOST="127.0.0.1", SPLATCAST_PORT=port, SPLATCAST_DATA_DIR=tmp_path / "data")
     server = subprocess.Popen(services["server"]["command"], env=server_env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
+    viewer = None
     try:
         health = services["server"]["healthcheck"]["test"][1:]  # after "CMD"
         deadline = time.monotonic() + 60
@@ -80,5 +81,7 @@ def test_compose_commands_run_outside_docker(tmp_path):
         assert viewer.returncode == 0, out
         assert "6 frames decoded, 0 skipped" in out
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for proc in (viewer, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
