@@ -93,3 +93,19 @@ def test_storage_survives_reopen_and_cuts_an_uncommitted_tail(tmp_path):
     assert [(r.index, r.offset, r.length) for r in st.frames("a", 1)] == [(1, 6, 3), (2, 9, 2)]
     assert st.delete("a") and st.get("a") is None and not st.delete("a")
     assert not (tmp_path / "streams" / "a.splatcast").exists()
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    from pydantic import ValidationError
+
+    from splatcast.server import Settings
+
+    monkeypatch.setenv("SPLATCAST_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SPLATCAST_MAX_SUBSCRIBERS", "3")
+    monkeypatch.setenv("SPLATCAST_CODEC_DEFAULTS", '{"gop": 4}')
+    monkeypatch.setenv("SPLATCAST_TOKEN", "t")
+    s = Settings()
+    assert (s.data_dir, s.max_subscribers, s.codec_defaults, s.token) == (tmp_path, 3, {"gop": 4}, "t")
+    monkeypatch.setenv("SPLATCAST_DEVICE", "tpu")
+    with pytest.raises(ValidationError):
+        Settings()
