@@ -89,7 +89,7 @@ _bearer = HTTPBearer(auto_error=False, description="SPLATCAST_TOKEN, when the se
 
 
 def _check_token(settings: Settings, given: str | None) -> None:
-    if settings.token is not None and not (given and secrets.compare_digest(given, settings.token)):
+    if settings.token and not (given and secrets.compare_digest(given, settings.token)):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
