@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        seqs.close()
         storage.close()
 
     app = FastAPI(title="splatcast", version="1", lifespan=lifespan, description=_DESCRIPTION)

@@ -1,8 +1,9 @@
 """Sequence life cycle: create, ingest frames in order (encoded off the event loop), finish, delete.
 
 One ``asyncio.Lock`` per sequence orders its uploads; parsing, encoding and the durable write
-run in a worker thread (``asyncio.to_thread``) while holding it, so other sequences, HTTP
-requests and WebSocket sends stay responsive during a keyframe's k-means. A frame is published
+run while holding it in a thread of a pool reserved for encoding (``settings.encode_workers``
+threads), so other sequences, HTTP requests and WebSocket sends (whose file reads use the
+default executor) stay responsive during a keyframe's k-means. A frame is published
 to live subscribers only after it is stored, in index order.
 
 The ``FrameEncoder`` of a sequence lives in memory. It is trusted only while every frame it
@@ -16,6 +17,7 @@ import asyncio
 import re
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi import HTTPException
@@ -46,6 +48,11 @@ class Sequences:
         self.hub = hub
         self._locks: dict[str, asyncio.Lock] = {}
         self._encoders: dict[str, FrameEncoder] = {}
+        self._pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="splatcast-encode")
+
+    def close(self) -> None:
+        """Wait for running encodes and stop the encoding threads."""
+        self._pool.shutdown(wait=True)
 
     def get(self, seq_id: str) -> SequenceInfo:
         info = self.storage.get(seq_id)
@@ -89,7 +96,8 @@ class Sequences:
                 raise HTTPException(409, f"expected frame {info.frame_count}, got {index}: frames must come in order")
             if index >= self.settings.max_frames:
                 raise HTTPException(413, f"sequence {seq_id!r} reached the limit of {self.settings.max_frames} frames")
-            record, message = await asyncio.to_thread(self._encode_and_store, info, index, body, sha256)
+            record, message = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._encode_and_store, info, index, body, sha256)
             self.hub.publish(seq_id, Item("frame", message, record.index, record.frame_type))
             return Ingested(record, created=True)
 

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface `splatcast serve` binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port of `splatcast serve`.")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="Encoding device: auto = CUDA when available.")
+    encode_workers: int = Field(2, gt=0, description="Threads encoding frames (each sequence uses one at a time).")
     token: str | None = Field(None, description="Bearer token every write needs; unset or empty = open.")
     protect_reads: bool = Field(False, description="Also require the token for reads and WebSocket streams.")
     max_upload_bytes: int = Field(256 * MiB, gt=0, description="Largest PLY body of one frame upload (413 above).")
