@@ -140,8 +140,8 @@ def main() -> None:
     ap.add_argument("--codebook-size", type=int, default=CodecConfig.codebook_size)
     ap.add_argument("--zstd-level", type=int, default=3)
     a = ap.parse_args()
-    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     config = CodecConfig(gop=a.gop, codebook_size=a.codebook_size)
+    print(f"load average at the start (1, 5, 15 min): {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = a.workdir or Path(tmp)
         summaries = []
@@ -151,6 +151,8 @@ def main() -> None:
             print(f"  types {summaries[-1]['types']}")
     print()
     print(table(summaries))
+    print(f"\nload average at the end (1, 5, 15 min): {os.getloadavg()}; {os.cpu_count()} CPUs, "
+          f"torch threads {torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

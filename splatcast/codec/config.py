@@ -29,9 +29,10 @@ class CodecConfig:
     - ``alpha``: position step = ``alpha`` x the 5 % quantile of nearest-neighbour distances
       (the rule of gsvvcompressor), used when ``step`` is None.
     - ``step``: explicit position step in scene units, or None to derive it per keyframe.
-    - ``tolerance``: interframe dead zone in steps (a Gaussian's position is resent when its
-      error would exceed ``(tolerance + 0.5) * step``), or None to derive the largest
-      tolerance whose bound stays within 0.05 % of the scene extent.
+    - ``tolerance``: interframe dead zone in steps: a Gaussian's position is resent when its
+      error would exceed ``(tolerance + 0.5) * step``, in moves of ``2 * tolerance + 1`` steps.
+      None (default): the largest move ``unit`` with ``unit * step / 2`` within 0.05 % of the
+      scene extent (docs/CODEC.md section 7).
     - ``seed``: k-means seed (same seed, same input, same device -> same bytes).
     - ``device``: "auto" (CUDA when available), "cpu" or "cuda" for k-means and assignment.
     """

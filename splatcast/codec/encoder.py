@@ -23,9 +23,12 @@ NN_SAMPLE = 10000
 NN_QUANTILE = 0.05
 """Quantile of those distances that ``alpha`` multiplies (gsvvcompressor's default)."""
 EXTENT_FRACTION = 5e-4
-"""Derived interframe tolerance keeps position errors within this fraction of the scene extent."""
+"""By default the interframe unit keeps position errors within this fraction of the scene extent."""
 INTRA_TRIAL = 0.5
 """An intra frame is tried when the interframe exceeds this fraction of the last intra size."""
+DRIFT = 4.0
+"""A keyframe is forced when a group's mean squared VQ distortion exceeds DRIFT x its value at
+the keyframe (RMSE doubled), e.g. when colours leave the range the codebook was fitted on."""
 OPACITY_EPS = 1e-4
 """Opacity centroids are clipped to [eps, 1 - eps] before the logit (finite codebooks)."""
 
@@ -89,11 +92,12 @@ class FrameEncoder:
         candidates = []  # (size, frame type, payload, order)
         if state is not None and self._gop_pos < self.config.gop:
             ids = self._assign(feats)
-            inter = self._interframe(means, ids) if n == state.num_gaussians else None
-            # an intra frame is only tried when an interframe is not clearly smaller than one
-            if inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n:
-                candidates.append(self._intra(means, ids))
-            candidates = [c for c in (inter, *candidates) if c is not None]
+            if not self._drifted():
+                inter = self._interframe(means, ids) if n == state.num_gaussians else None
+                # an intra frame is only tried when an interframe is not clearly smaller
+                if inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n:
+                    candidates.append(self._intra(means, ids))
+                candidates = [c for c in (inter, *candidates) if c is not None]
         if candidates:
             _, kind, payload, order = min(candidates)
             self._gop_pos += 1
@@ -155,6 +159,12 @@ class FrameEncoder:
         return _size(payload), "interframe", payload, order
 
     # --- attributes ----------------------------------------------------------------------------
+
+    def _drifted(self) -> bool:
+        """Whether some group's mean squared VQ distortion (after ``_assign``) exceeds DRIFT
+        times its keyframe value: the codebooks no longer fit the content."""
+        return any(float(d.mean()) > DRIFT * max(self._limits[name], 1e-12)
+                   for name, d in self._new_dist.items() if len(d))
 
     def _assign(self, feats: dict[str, torch.Tensor], full: bool = False) -> dict[str, torch.Tensor]:
         """Codebook ids [N] int64 per group, input order. Unless ``full`` or the count changed,
@@ -226,8 +236,9 @@ def _to_stored(name: str, c: torch.Tensor) -> np.ndarray:
 
 
 def _sorted_codebook(cb: np.ndarray) -> np.ndarray:
-    """Rows sorted along the codebook's first principal axis, so that similar entries get
-    nearby ids (differences of neighbouring ids then compress better)."""
+    """Distinct rows, sorted along the codebook's first principal axis so that similar entries
+    get nearby ids (differences of neighbouring ids then compress better)."""
+    cb = np.unique(cb, axis=0)
     x = cb.astype(np.float64)
     x -= x.mean(0)
     axis = np.linalg.svd(x, full_matrices=False)[2][0] if len(x) > 1 else np.ones(x.shape[1])
