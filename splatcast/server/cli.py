@@ -24,5 +24,7 @@ def run(args: argparse.Namespace) -> int:
                                    ("device", args.device)) if v is not None}
     settings = Settings(**overrides)
     server, sock = make_server(settings)
+    host, port = sock.getsockname()[:2]
+    print(f"splatcast serving http://{host}:{port} (API: /docs), data in {settings.data_dir.resolve()}", flush=True)
     server.run(sockets=[sock])
     return 0
