@@ -68,24 +68,25 @@ def decode_payload(state: DecoderState | None, frame_type: str, num_gaussians: i
     raise CodecError(f"unknown frame type {frame_type!r}")
 
 
-def reconstruct(state: DecoderState) -> dict[str, np.ndarray]:
-    """The frame a state stands for, as float32 numpy arrays named like GaussianFrame's fields."""
+def reconstruct(state: DecoderState) -> GaussianFrame:
+    """The frame a state stands for (float32 CPU tensors)."""
     n, d = state.num_gaussians, state.sh_degree
     cb, ids = state.codebooks, state.ids
 
-    def take(name: str) -> np.ndarray:  # ids already validated
-        return np.take(cb[name], ids[name], axis=0, mode="clip")
+    def take(name: str) -> torch.Tensor:  # ids already validated
+        return torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
 
-    shN = np.empty((n, (d + 1) ** 2 - 1, 3), np.float32)
-    for b in range(1, d + 1):
-        shN[:, b * b - 1:(b + 1) ** 2 - 1, :] = take(f"shN_{b}").reshape(n, 2 * b + 1, 3)
-    return dict(
-        means=state.origin[None, :] + state.q.astype(np.float32) * state.step,
+    means = state.q.astype(np.float32)  # [N, 3]; then float32 q * step + origin, in place
+    np.multiply(means, state.step, out=means)
+    np.add(means, state.origin, out=means)
+    bands = [take(f"shN_{b}").view(n, 2 * b + 1, 3) for b in range(1, d + 1)]
+    return GaussianFrame(
+        means=torch.from_numpy(means),
         scales=take("scale"),
         quats=take("rotation"),
-        opacities=np.take(cb["opacity"][:, 0], ids["opacity"], mode="clip"),
+        opacities=take("opacity").view(n),
         sh0=take("sh0"),
-        shN=shN,
+        shN=torch.cat(bands, 1) if bands else torch.zeros((n, 0, 3)),
     )
 
 
@@ -104,8 +105,7 @@ class FrameDecoder:
 
     def decode(self, frame_type: str, num_gaussians: int, payload: dict) -> GaussianFrame:
         self.state = decode_payload(self.state, frame_type, num_gaussians, payload)
-        arrays = reconstruct(self.state)
-        return GaussianFrame(**{k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()})
+        return reconstruct(self.state).to(self.device)
 
 
 # --- frame types -------------------------------------------------------------------------------
@@ -142,27 +142,30 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
     if n != state.num_gaussians:
         raise CodecError(f"interframe for {n} Gaussians, reference frame has {state.num_gaussians}")
     unit = _int(p, "unit", 1, 2**21)
-    mask = _mask(p, "pos_mask", n, "pos_mask")
-    delta = _array(p, "pos_delta", _INT, (3, int(mask.sum())), "pos_delta")
-    q = state.q.copy()
+    rows = np.flatnonzero(_mask(p, "pos_mask", n, "pos_mask"))
+    delta = _array(p, "pos_delta", _INT, (3, len(rows)), "pos_delta")
     moves = np.cumsum(delta, axis=1, dtype=np.int64).T  # [M, 3] in units
     if moves.size and np.abs(moves).max() >= 2 * MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
-    moved = q[mask].astype(np.int64) + moves * unit
+    moved = state.q[rows] + moves * unit
     if moved.size and np.abs(moved).max() >= MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
-    q[mask] = moved
+    q = state.q.copy()
+    q[rows] = moved
     names = list(state.codebooks)
     masks, values = _dict(p, "id_masks", names), _dict(p, "id_values", names)
     ids = {}
     for name in names:
-        m = _mask(masks, name, n, f"id_masks.{name}")
+        rows = np.flatnonzero(_mask(masks, name, n, f"id_masks.{name}"))
         old = state.ids[name]
-        v = _array(values, name, (old.dtype.type,), (int(m.sum()),), f"id_values.{name}")
-        new = old.copy()
-        new[m] = old[m] + v  # differences from the previous ids, modulo 2**8 or 2**16
-        _check_ids(new[m], state.codebooks[name].shape[0], f"id_values.{name}")
-        ids[name] = new
+        v = _array(values, name, (old.dtype.type,), (len(rows),), f"id_values.{name}")
+        if not len(rows):
+            ids[name] = old  # state arrays are never written in place
+            continue
+        changed = old[rows] + v  # differences from the previous ids, modulo 2**8 or 2**16
+        _check_ids(changed, state.codebooks[name].shape[0], f"id_values.{name}")
+        ids[name] = old.copy()
+        ids[name][rows] = changed
     return DecoderState(state.sh_degree, state.step, state.codebooks, state.origin, q, ids)
 
 
