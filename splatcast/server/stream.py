@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 
 from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
@@ -24,8 +25,10 @@ from fastapi.responses import JSONResponse
 from splatcast.protocol import ErrorMessage, encode_message
 from splatcast.server.hub import Subscription, TooManySubscribers
 from splatcast.server.sequences import Sequences
+from splatcast.server.storage import FrameRecord
 
 log = logging.getLogger("splatcast.server")
+_READ_BYTES = 4 * 1024 * 1024  # stored frames are read from the stream file in batches of about this size
 
 
 class SendTimeout(Exception):
@@ -75,6 +78,18 @@ async def _close_with_error(ws: WebSocket, code: str, message: str, timeout: flo
         pass
 
 
+def _batches(rows: list[FrameRecord], max_bytes: int) -> Iterator[list[FrameRecord]]:
+    """Consecutive rows in groups of at most ``max_bytes`` (a single larger row stays alone)."""
+    batch: list[FrameRecord] = []
+    for row in rows:
+        if batch and batch[-1].offset + batch[-1].length - batch[0].offset + row.length > max_bytes:
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
 class _Sender:
     def __init__(self, ws: WebSocket, seqs: Sequences, sub: Subscription, realtime: bool) -> None:
         self.ws, self.storage, self.sub, self.realtime = ws, seqs.storage, sub, realtime
@@ -89,10 +104,13 @@ class _Sender:
             return
         next_index = 0 if from_start or not info.keyframes else info.keyframes[-1]
         while rows := self.storage.frames(self.seq_id, next_index):
-            for row in rows:
-                data = await asyncio.to_thread(self.storage.read, self.seq_id, row.offset, row.length)
-                await self.send_frame(row.index, data, info.fps)
-                next_index = row.index + 1
+            for batch in _batches(rows, _READ_BYTES):  # one read per batch of consecutive messages
+                start = batch[0].offset
+                data = await asyncio.to_thread(self.storage.read, self.seq_id, start,
+                                               batch[-1].offset + batch[-1].length - start)
+                for row in batch:
+                    await self.send_frame(row.index, data[row.offset - start:row.offset - start + row.length], info.fps)
+                    next_index = row.index + 1
         if info.finished:
             end = self.storage.read(self.seq_id, info.header_bytes + info.frame_bytes, info.end_bytes)
             await self.send(end)
