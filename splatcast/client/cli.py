@@ -113,15 +113,18 @@ def watch(args: argparse.Namespace) -> int:
 
 
 def _run(coro) -> int:
-    """Run a command's coroutine; a refused request or broken stream is a one-line error, exit 1."""
+    """Run a command's coroutine; a refused request, unreachable server, bad stream or bad file
+    (ProtocolError, CodecError and PlyError are ValueErrors) is a one-line error, exit 1."""
     import asyncio
     import sys
+
+    import httpx
 
     from splatcast.client.api import SplatcastError
 
     try:
         asyncio.run(coro)
-    except (SplatcastError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (SplatcastError, OSError, httpx.HTTPError, ValueError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
