@@ -29,6 +29,11 @@ INTRA_TRIAL = 0.5
 DRIFT = 4.0
 """A keyframe is forced when a group's mean squared VQ distortion exceeds DRIFT x its value at
 the keyframe (RMSE doubled), e.g. when colours leave the range the codebook was fitted on."""
+GROUP_SIZE_FACTOR = {"rotation": 4}
+"""Codebook size multipliers: a rotation has 3 degrees of freedom and one id (gsvvcompressor
+spends two), so it gets 4x ``codebook_size`` entries (uint16 ids)."""
+NEIGHBOURS = 16
+"""Centroids searched first when an id must change in an interframe (those nearest the old)."""
 OPACITY_EPS = 1e-4
 """Opacity centroids are clipped to [eps, 1 - eps] before the logit (finite codebooks)."""
 
@@ -72,6 +77,7 @@ class FrameEncoder:
         self._gop_pos = 0  # frames since the last keyframe
         self._order = np.zeros(0, np.int64)  # [N] input row of each codec row
         self._books: dict[str, torch.Tensor] = {}  # name -> [K, D] centroids in feature space
+        self._near: dict[str, torch.Tensor] = {}  # name -> [K, L] nearest centroids of each
         self._intra_bpg = 0.0  # zstd bytes per Gaussian of the last keyframe/intra positions + ids
         self._unit = 1  # interframe position unit and dead zone (unit / 2), in steps
         self._limits: dict[str, float] = {}  # name -> mean squared VQ distortion at the keyframe
@@ -122,10 +128,12 @@ class FrameEncoder:
         origin, order, planes = _positions(means, step)
         codebooks = {}
         for i, (name, x) in enumerate(feats.items()):
-            fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i) if len(x) else \
+            k = min(self.config.codebook_size * GROUP_SIZE_FACTOR.get(name, 1), 65536)
+            fitted = kmeans.fit(x, k, self.config.seed + i) if len(x) else \
                 torch.zeros((1, x.shape[1]), device=x.device)
             codebooks[name] = _sorted_codebook(_to_stored(name, fitted))
         self._books = {name: _from_stored(name, cb, self.device) for name, cb in codebooks.items()}
+        self._near = {name: kmeans.neighbours(c, NEIGHBOURS) for name, c in self._books.items()}
         ids = self._assign(feats, full=True)
         self._limits = {name: float(d.mean()) if len(d) else 0.0 for name, d in self._new_dist.items()}
         payload = dict(sh_degree=self._sh_degree, step=step, codebooks=codebooks, origin=origin,
@@ -181,8 +189,13 @@ class FrameEncoder:
             ids, dist = self._ids[name].clone(), self._dist[name].clone()
             rows = (x != prev).any(1).nonzero()[:, 0]
             limit = self._limits[name]
-            far = _sqdist(x[rows], books[ids[rows]]) > dist[rows].clamp(min=limit) + limit
-            rows = rows[far]
+            allowed = dist[rows].clamp(min=limit) + limit
+            far = _sqdist(x[rows], books[ids[rows]]) > allowed
+            rows, allowed = rows[far], allowed[far]
+            # first the centroids nearest to the old one, then (rarely) the whole codebook
+            ids[rows] = kmeans.assign_local(x[rows], books, self._near[name][ids[rows]])
+            dist[rows] = _sqdist(x[rows], books[ids[rows]])
+            rows = rows[dist[rows] > allowed]
             ids[rows] = kmeans.assign(x[rows], books)
             dist[rows] = _sqdist(x[rows], books[ids[rows]])
             out[name], self._new_dist[name] = ids, dist

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
+KDTREE_DIMS = 4
+"""Up to this many dimensions, CPU assignment uses a k-d tree (faster than all distances)."""
 SAMPLE = 16384
 """Rows used to fit the centroids."""
 SEED_SAMPLE = 8192
@@ -25,14 +28,38 @@ CHUNK = 8192
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Nearest centroid (squared Euclidean) of each row.
 
-    x: [N, D] float32, centroids: [K, D] float32 on the same device -> [N] int64 ids.
+    x: [N, D] float32, centroids: [K, D] float32 on the same device -> [N] int64 ids. On the
+    CPU with D <= KDTREE_DIMS a k-d tree (scipy cKDTree) answers; otherwise blocks of distances.
     """
+    if x.device.type == "cpu" and x.shape[1] <= KDTREE_DIMS and len(x):
+        _, ids = cKDTree(centroids.numpy()).query(x.numpy(), workers=-1)
+        return torch.from_numpy(ids.astype(np.int64))
     c2 = (centroids * centroids).sum(1)  # [K]
     out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     for s in range(0, x.shape[0], CHUNK):
         xs = x[s:s + CHUNK]  # [B, D]
         d = torch.addmm(c2.unsqueeze(0), xs, centroids.T, alpha=-2.0)  # [B, K] = |c|^2 - 2 x.c
         out[s:s + CHUNK] = d.argmin(1)
+    return out
+
+
+def neighbours(centroids: torch.Tensor, count: int) -> torch.Tensor:
+    """For each centroid [K, D], the ids of its ``count`` nearest centroids (itself first):
+    [K, min(count, K)] int64. Computed in blocks of rows to bound memory."""
+    k = centroids.shape[0]
+    block = max(1, 2**22 // k)
+    return torch.cat([torch.cdist(centroids[s:s + block], centroids)
+                      .topk(min(count, k), dim=1, largest=False).indices for s in range(0, k, block)])
+
+
+def assign_local(x: torch.Tensor, centroids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Nearest among each row's candidate centroids: x [N, D], centroids [K, D], candidates
+    [N, L] int64 ids -> [N] int64 ids."""
+    out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    for s in range(0, x.shape[0], CHUNK):
+        cand = candidates[s:s + CHUNK]  # [B, L]
+        d = ((x[s:s + CHUNK, None, :] - centroids[cand]) ** 2).sum(2)  # [B, L]
+        out[s:s + CHUNK] = cand.gather(1, d.argmin(1, keepdim=True))[:, 0]
     return out
 
 
