@@ -97,7 +97,8 @@ async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
         lat = (f.decoded_at - u.sent_at) * 1000
         rows.append((f.frame_type, u.frame["encode_ms"], f.decode_ms, lat))
         print(f"{f.index:>5} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>7.1f} "
-              f"{u.frame['encode_ms']:>9.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} {f.decode_ms:>9.1f} {lat:>17.1f}")
+              f"{u.frame['encode_ms']:>9.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} {f.decode_ms:>9.1f} "
+              f"{lat:>17.1f}")
     for kind in ("keyframe", "non-keyframe"):
         sel = [r for r in rows if (r[0] == "keyframe") == (kind == "keyframe")]
         if sel:

@@ -124,7 +124,8 @@ def _demo(plys, name: str, fps: float, codec: dict) -> int:
             await watcher
             info = await client.get(seq["id"])
             inter = [latency[i] for i, f in decoded.items() if f.frame_type != "keyframe" and i in latency]
-            print(f"\n{info['frames']} frames ({info['keyframes']} keyframe{'s' if info['keyframes'] != 1 else ''}) streamed and decoded: "
+            keyframes = f"{info['keyframes']} keyframe{'s' if info['keyframes'] != 1 else ''}"
+            print(f"\n{info['frames']} frames ({keyframes}) streamed and decoded: "
                   f"{info['stream_bytes']:,} bytes, {info['ratio']}x smaller than the PLYs; "
                   f"encode {info['encode_ms_mean']:.0f} ms, decode "
                   f"{statistics.mean(f.decode_ms for f in decoded.values()):.0f} ms per frame; upload->decode "

@@ -271,7 +271,8 @@ def test_auth_and_limits(tmp_path):
                         max_gaussians=2000, max_frames=3, max_subscribers=1)
 
     async def scenario(url):
-        anon, client, wrong = SplatcastClient(url), SplatcastClient(url, token="s3cret"), SplatcastClient(url, token="x")
+        anon, wrong = SplatcastClient(url), SplatcastClient(url, token="x")
+        client = SplatcastClient(url, token="s3cret")
 
         async def status_of(coro) -> int:
             try:
@@ -284,7 +285,8 @@ def test_auth_and_limits(tmp_path):
         assert await status_of(wrong.create("x")) == 401
         assert await status_of(anon.list()) == 401
         raw = httpx.AsyncClient(base_url=url, headers={"Authorization": "Bearer s3cret"})
-        assert (await raw.get("/v1/sequences", headers={"Authorization": ""}, params={"token": "s3cret"})).status_code == 200
+        by_query = await raw.get("/v1/sequences", headers={"Authorization": ""}, params={"token": "s3cret"})
+        assert by_query.status_code == 200
         assert await status_of(client.create("x", codec={"gop": 0})) == 422
         assert await status_of(client.create("x", codec={"nope": 1})) == 422
         sid = (await client.create("limits", 30, {"gop": 2, "codebook_size": 16}, seq_id="lim-1"))["id"]

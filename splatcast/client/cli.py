@@ -49,7 +49,8 @@ def upload(args: argparse.Namespace) -> int:
         async with SplatcastClient(args.server, token=args.token) as client:
             codec = {"gop": args.gop} if args.gop else {}
             try:
-                seq = await client.create(args.name or Path(args.input_dir).resolve().name, args.fps, codec, args.seq_id)
+                name = args.name or Path(args.input_dir).resolve().name
+                seq = await client.create(name, args.fps, codec, args.seq_id)
             except SplatcastError as e:
                 if e.status != 409 or args.seq_id is None:
                     raise

@@ -44,7 +44,8 @@ class CreateSequence(BaseModel):
 
     name: str = Field("", max_length=200, description="Free text shown to viewers.")
     fps: float = Field(30.0, gt=0, le=1000, description="Frames per second (pts = index / fps).")
-    codec: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields: gop, codebook_size, alpha, step, tolerance, seed.")
+    codec: dict[str, Any] = Field(default_factory=dict,
+                                  description="CodecConfig fields: gop, codebook_size, alpha, step, tolerance, seed.")
     id: str | None = Field(None, pattern=ID_PATTERN, description="Choose the id (409 if taken); default: random.")
 
 
@@ -98,7 +99,8 @@ def _write_auth(request: Request, cred: Annotated[HTTPAuthorizationCredentials |
 
 
 def _read_auth(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-               token: Annotated[str | None, Query(description="Token for clients that cannot set headers.")] = None) -> None:
+               token: Annotated[str | None, Query(description="Token for clients that cannot set headers.")] = None,
+               ) -> None:
     if request.app.state.settings.protect_reads:
         _check_token(request.app.state.settings, cred.credentials if cred else token)
 
@@ -156,7 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.put("/v1/sequences/{seq_id}/frames/{index}", status_code=201, dependencies=writes, tags=["frames"],
              openapi_extra=_binary_body("application/octet-stream", "One PLY file (INRIA 3DGS layout)."),
              responses={200: {"description": "Safe retry: this frame was already stored with the same bytes."}})
-    async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request: Request, response: Response) -> FrameOut:
+    async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request: Request,
+                        response: Response) -> FrameOut:
         """Upload frame ``index`` (the next one); it is encoded and stored before the response."""
         seqs.get(seq_id)
         body, sha256 = await _read_body(request, settings.max_upload_bytes)
@@ -168,7 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/sequences/{seq_id}/frames", status_code=201, dependencies=writes, tags=["frames"],
               openapi_extra=_binary_body("application/x-tar", "A tar of PLY files, taken in natural order of names."))
     async def upload_tar(seq_id: str, request: Request,
-                         finish: Annotated[bool, Query(description="Finish the sequence afterwards.")] = False) -> BatchOut:
+                         finish: Annotated[bool, Query(description="Finish the sequence afterwards.")] = False,
+                         ) -> BatchOut:
         """Append several frames in one request (after the frames already stored)."""
         seqs.get(seq_id)
         with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
@@ -204,7 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/sequences/{seq_id}/stream.splatcast", dependencies=reads, tags=["stream"],
              response_class=StreamingResponse,
-             responses={200: {"content": {"application/octet-stream": {}}, "description": "The .splatcast stream so far."}})
+             responses={200: {"content": {"application/octet-stream": {}},
+                              "description": "The .splatcast stream so far."}})
     async def download(seq_id: str) -> StreamingResponse:
         """The encoded stream so far (header, frames, and the end message once finished)."""
         info = seqs.get(seq_id)

@@ -29,12 +29,17 @@ class Settings(BaseSettings):
     token: str | None = Field(None, description="Bearer token every write needs; unset or empty = open.")
     protect_reads: bool = Field(False, description="Also require the token for reads and WebSocket streams.")
     max_upload_bytes: int = Field(256 * MiB, gt=0, description="Largest PLY body of one frame upload (413 above).")
-    max_batch_bytes: int = Field(1024 * MiB, gt=0, description="Largest tar body of a whole-sequence upload (413 above).")
+    max_batch_bytes: int = Field(1024 * MiB, gt=0,
+                                 description="Largest tar body of a whole-sequence upload (413 above).")
     max_gaussians: int = Field(1_000_000, gt=0, description="Most Gaussians in one frame (413 above).")
     max_frames: int = Field(100_000, gt=0, description="Most frames in one sequence (413 above).")
     max_sequences: int = Field(10_000, gt=0, description="Most stored sequences (429 above).")
     max_subscribers: int = Field(200, gt=0, description="Most live WebSocket subscribers per sequence (429 above).")
-    subscriber_queue: int = Field(16, gt=0, description="Frame messages queued per subscriber before it skips to the next keyframe.")
-    send_buffer_bytes: int = Field(256 * 1024, gt=0, description="Kernel send buffer of each connection (SO_SNDBUF): small, so a slow subscriber's backlog stays in its queue, where it can skip to a keyframe.")
+    subscriber_queue: int = Field(16, gt=0, description="Frame messages queued per subscriber before it skips "
+                                                          "to the next keyframe.")
+    send_buffer_bytes: int = Field(256 * 1024, gt=0, description="Kernel send buffer of each connection (SO_SNDBUF): "
+                                   "small, so a slow subscriber's backlog stays in its queue, where it can skip to a "
+                                   "keyframe.")
     send_timeout_s: float = Field(10.0, gt=0, description="A WebSocket send slower than this drops the subscriber.")
-    codec_defaults: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields applied to new sequences unless the request sets them.")
+    codec_defaults: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields applied to new "
+                                                                             "sequences unless the request sets them.")
