@@ -5,7 +5,8 @@ Runs ``splatcast serve`` in a subprocess (so the benchmark's clients do not shar
 1. uploads real sequences paced at their fps, with one subscriber decoding every frame on
    arrival, and prints per frame: type, size, server encode ms, decode ms and the latency
    from the start of the upload to the end of the decode (targets: <= 100 ms for loot
-   interframes, about 48k Gaussians; <= 400 ms for the 250k playbot sequence);
+   interframes, about 48k Gaussians; <= 400 ms for the 250k playbot sequence), and how fast
+   ``/healthz`` answers meanwhile (encoding runs off the event loop);
 2. replays the stored loot sequence to N concurrent subscribers paced by the server at 30 fps
    (``?from=start&pace=realtime``) and counts the subscribers that keep up: every frame
    received, none later than ``--late-ms`` behind the 30 fps schedule (target: >= 50);
@@ -82,9 +83,19 @@ async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
             async for f in client.subscribe(sid, from_start=True):
                 received.append(f)
 
-        watcher = asyncio.create_task(watch())
+        async def probe():  # is the server responsive while it encodes?
+            async with httpx.AsyncClient(base_url=url) as http:
+                while True:
+                    t0 = time.perf_counter()
+                    (await http.get("/healthz")).raise_for_status()
+                    health_ms.append((time.perf_counter() - t0) * 1000)
+                    await asyncio.sleep(0.05)
+
+        health_ms: list[float] = []
+        watcher, prober = asyncio.create_task(watch()), asyncio.create_task(probe())
         await asyncio.sleep(0.3)
         ups = await client.upload_frames(sid, plys, fps=fps)
+        prober.cancel()
         await client.finish(sid)
         await asyncio.wait_for(watcher, 300)
     sent = {u.index: u for u in ups}
@@ -105,6 +116,8 @@ async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
             print(f"{name} {kind}s ({len(sel)}): encode median {statistics.median(r[1] for r in sel):.0f} ms, "
                   f"decode median {statistics.median(r[2] for r in sel):.1f} ms, upload->decode median "
                   f"{statistics.median(r[3] for r in sel):.0f} ms, max {max(r[3] for r in sel):.0f} ms")
+    print(f"{name}: GET /healthz during the uploads ({len(health_ms)} probes): median "
+          f"{statistics.median(health_ms):.1f} ms, max {max(health_ms):.1f} ms")
     return sid
 
 
