@@ -193,8 +193,9 @@ def _mutations(key: dict, inter: dict, n: int):
 
 def test_decoder_rejects_bad_payloads(tile_frames):
     sub = [rows(f, np.arange(1001)) for f in tile_frames[:2]]
+    moved = replace(sub[0], means=sub[1].means, sh0=sub[1].sh0)  # positions and colours change
     encoder = FrameEncoder(CodecConfig(tolerance=0))
-    key, inter = encoder.encode(sub[0]), encoder.encode(sub[1])
+    key, inter = encoder.encode(sub[0]), encoder.encode(moved)
     assert inter.frame_type == "interframe" and len(inter.payload["pos_delta"])
     n = key.num_gaussians
     with pytest.raises(CodecError, match="before any keyframe"):

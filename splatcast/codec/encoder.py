@@ -80,7 +80,7 @@ class FrameEncoder:
         self._near: dict[str, torch.Tensor] = {}  # name -> [K, L] nearest centroids of each
         self._intra_bpg = 0.0  # zstd bytes per Gaussian of the last keyframe/intra positions + ids
         self._unit = 1  # interframe position unit and dead zone (unit / 2), in steps
-        self._limits: dict[str, float] = {}  # name -> mean squared VQ distortion at the keyframe
+        self._limits: dict[str, float] = {}  # name -> L, see _limit
         self._feats: dict[str, torch.Tensor] = {}  # previous input's features, input order
         self._ids: dict[str, torch.Tensor] = {}  # previous input's ids, input order
         self._dist: dict[str, torch.Tensor] = {}  # squared distance to the id's centroid when chosen
@@ -135,7 +135,7 @@ class FrameEncoder:
         self._books = {name: _from_stored(name, cb, self.device) for name, cb in codebooks.items()}
         self._near = {name: kmeans.neighbours(c, NEIGHBOURS) for name, c in self._books.items()}
         ids = self._assign(feats, full=True)
-        self._limits = {name: float(d.mean()) if len(d) else 0.0 for name, d in self._new_dist.items()}
+        self._limits = {name: _limit(feats[name], d) for name, d in self._new_dist.items()}
         payload = dict(sh_degree=self._sh_degree, step=step, codebooks=codebooks, origin=origin,
                        morton=planes, **self._id_payload(ids, order))
         return "keyframe", payload, order, ids
@@ -356,6 +356,15 @@ _ZSTD = zstandard.ZstdCompressor(level=3)
 def _size(payload: dict) -> int:
     """Estimated wire size: zstd of all arrays' bytes (the protocol compresses the same way)."""
     return len(_ZSTD.compress(b"".join(a.tobytes() for a in _arrays(payload))))
+
+
+def _limit(x: torch.Tensor, dist: torch.Tensor) -> float:
+    """L of a group: the keyframe's mean squared VQ distortion, at least 1e-4 x the features'
+    total variance (an RMSE of 1 % of their spread), so that tiny or lossless codebooks do not
+    turn every small change into an id change or a keyframe."""
+    if not len(x):
+        return 0.0
+    return max(float(dist.mean()), 1e-4 * float(x.var(0, unbiased=False).sum()))
 
 
 def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # [N, D], [N, D] -> [N]
