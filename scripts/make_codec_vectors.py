@@ -8,7 +8,8 @@ little-endian bytes and its first values. web/test/codec.test.mjs checks that th
 decoder gives the same bytes; tests/test_web_decoder.py checks that Python still does.
 
 - `codec_tracked`: 3 frames of the tile scene (SH degree 3) animated by tools/animate.py,
-  first 2,000 Gaussians: a keyframe, then interframes (same count, rows correspond).
+  first 2,000 Gaussians: a keyframe, then interframes (same count, rows correspond). A fine
+  explicit step (2e-5) makes Morton deltas need 8 byte planes and position deltas wide ints.
 - `codec_untracked`: 3 loot frames (SH degree 0), every 24th voxel (about 2,000 Gaussians):
   a keyframe, then intra frames (the count changes every frame).
 
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "vectors"
 SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
 CONFIG = CodecConfig(gop=30, codebook_size=64, seed=0, device="cpu")
+FINE = CodecConfig(gop=30, codebook_size=64, step=2e-5, seed=0, device="cpu")
 FPS = 30.0
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 FIRST_VALUES = 8
@@ -81,9 +83,9 @@ def decode_file(path: Path) -> list[dict]:
     return frames
 
 
-def write_vector(name: str, frames: list[GaussianFrame], doc: str) -> None:
-    encoder = FrameEncoder(CONFIG)
-    messages = [StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION, codec_params=CONFIG.to_dict(),
+def write_vector(name: str, frames: list[GaussianFrame], config: CodecConfig, doc: str) -> None:
+    encoder = FrameEncoder(config)
+    messages = [StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION, codec_params=config.to_dict(),
                              sh_degree=frames[0].sh_degree, fps=FPS, frame_count=len(frames), name=name)]
     for i, frame in enumerate(frames):
         enc = encoder.encode(frame)
@@ -106,9 +108,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tile").mkdir()
         (Path(tmp) / "loot").mkdir()
-        write_vector("codec_tracked", tracked_frames(Path(tmp) / "tile"),
-                     "tile scene (SH 3), first 2,000 Gaussians, 3 animated frames: keyframe + interframes")
-        write_vector("codec_untracked", untracked_frames(Path(tmp) / "loot"),
+        write_vector("codec_tracked", tracked_frames(Path(tmp) / "tile"), FINE,
+                     "tile scene (SH 3), first 2,000 Gaussians, 3 animated frames, step 2e-5: keyframe + interframes")
+        write_vector("codec_untracked", untracked_frames(Path(tmp) / "loot"), CONFIG,
                      "3 loot frames (SH 0), every 24th voxel: keyframe + intra frames")
     return 0
 

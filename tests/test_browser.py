@@ -59,6 +59,15 @@ COVERAGE_JS = """async ([png, bg]) => {
 }"""
 
 
+def wait_for(page, condition: str, timeout_ms: int, console: list[str]) -> None:
+    """Wait until the JS `condition` holds; on timeout fail with the viewer state and console."""
+    try:
+        page.wait_for_function(condition, timeout=timeout_ms)
+    except Exception as e:  # playwright's TimeoutError: show what the page was doing
+        state = page.evaluate("window.splatcastViewer && {...window.splatcastViewer, decodeLog: undefined}")
+        raise AssertionError(f"{condition} did not hold: {state}\nconsole: {console[-20:]}") from e
+
+
 def coverage(page, png: bytes) -> float:
     bg = [int(BACKGROUND[i:i + 2], 16) for i in (1, 3, 5)]
     return page.evaluate(COVERAGE_JS, [base64.b64encode(png).decode(), bg])
@@ -82,7 +91,7 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
             page.wait_for_selector(f"a[href='/view/{seq['id']}']", timeout=10_000)
 
             page.goto(f"{server.url}/view/{seq['id']}")
-            page.wait_for_function("window.splatcastViewer?.status === 'live'", timeout=20_000)
+            wait_for(page, "window.splatcastViewer?.status === 'live'", 20_000, console)
             counts = []
             for i, ply in enumerate(plys):  # live: the page is subscribed before frame 0 exists
                 r = http.put(f"/v1/sequences/{seq['id']}/frames/{i}", content=ply,
@@ -91,9 +100,9 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
                 counts.append(r.json()["num_gaussians"])
             assert http.post(f"/v1/sequences/{seq['id']}/finish").status_code == 200
 
-            page.wait_for_function(f"window.splatcastViewer.framesDecoded >= {FRAMES}", timeout=60_000)
-            page.wait_for_function("window.splatcastViewer.status === 'ended'", timeout=20_000)
-            page.wait_for_function("window.splatcastViewer.framesShown > 0", timeout=30_000)
+            wait_for(page, f"window.splatcastViewer.framesDecoded >= {FRAMES}", 60_000, console)
+            wait_for(page, "window.splatcastViewer.status === 'ended'", 20_000, console)
+            wait_for(page, "window.splatcastViewer.framesShown > 0", 30_000, console)
             page.wait_for_timeout(500)  # a few more draws with the final camera
             state = page.evaluate("window.splatcastViewer")
             assert state["errors"] == [], (state["errors"], console)
@@ -102,7 +111,8 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
             assert state["lastFrameIndex"] == FRAMES - 1
             assert state["numGaussians"] == counts[-1]
             assert state["header"]["frame_count"] in (None, FRAMES)
-            assert len(state["decodeMs"]) == FRAMES and all(ms > 0 for ms in state["decodeMs"])
+            assert [f["index"] for f in state["decodeLog"]] == list(range(FRAMES))
+            assert all(f["decodeMs"] > 0 for f in state["decodeLog"])
 
             page.screenshot(path=tmp_path / "viewer.png")
             canvas = page.locator("#canvas")

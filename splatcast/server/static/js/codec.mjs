@@ -17,7 +17,6 @@ export class CodecError extends Error {
 /** Codebook groups -> vector length D; shN_b is SH band b, coefficient-major. */
 export const GROUP_DIMS = { rotation: 4, scale: 3, opacity: 1, sh0: 3, shN_1: 9, shN_2: 15, shN_3: 21 };
 const MAX_Q = 2 ** 24;
-const UINT = ["|u1", "<u2", "<u4", "<u8"];
 const INT = ["|i1", "<i2", "<i4"];
 
 export function groupNames(shDegree) {
@@ -89,16 +88,19 @@ function compact11(x) {
   return (x ^ (x >>> 16)) & 0x7ff;
 }
 
-/** Morton deltas (uint8..uint64 WireArray [N]) -> int32 grid coordinates [N*3]. */
-function mortonPositions(deltas, n) {
+/** Morton code deltas as little-endian byte planes (uint8 [P, N], P in 1, 2, 4, 8: plane p
+ * holds byte p of every delta) -> int32 grid coordinates [N*3]. */
+function mortonPositions(planes, n) {
   const q = new Int32Array(n * 3);
-  const wide = deltas.dtype === "<u8";
-  const words = wide ? new Uint32Array(deltas.data.buffer, deltas.data.byteOffset, 2 * n) : null;
-  const narrow = wide ? null : deltas.data;
+  const p = planes.shape[0];
+  const b = planes.data;
   let lo = 0, hi = 0; // running code as two uint32 halves (codes < 2^63)
   for (let i = 0; i < n; i++) {
-    const dhi = wide ? words[2 * i + 1] : 0;
-    const sum = lo + (wide ? words[2 * i] : narrow[i]);
+    let dlo = b[i], dhi = 0;
+    if (p > 1) dlo |= b[n + i] << 8;
+    if (p > 2) dlo = (dlo | (b[2 * n + i] << 16) | (b[3 * n + i] << 24)) >>> 0;
+    if (p > 4) dhi = (b[4 * n + i] | (b[5 * n + i] << 8) | (b[6 * n + i] << 16) | (b[7 * n + i] << 24)) >>> 0;
+    const sum = lo + dlo;
     lo = sum >>> 0;
     hi += dhi + (sum > 0xffffffff ? 1 : 0);
     if (dhi >= 0x80000000 || hi >= 0x80000000) throw new CodecError("morton deltas overflow 63-bit codes");
@@ -113,16 +115,24 @@ function mortonPositions(deltas, n) {
 function positions(n, p) {
   const origin = array(p, "origin", ["<f4"], [3], "origin").data;
   need(origin.every(Number.isFinite), "origin must be finite");
-  const deltas = array(p, "morton", UINT, [n], "morton");
-  return { origin, q: mortonPositions(deltas, n) };
+  const planes = array(p, "morton", ["|u1"], [null, n], "morton");
+  need([1, 2, 4, 8].includes(planes.shape[0]), `morton: ${planes.shape[0]} byte planes, expected 1, 2, 4 or 8`);
+  return { origin, q: mortonPositions(planes, n) };
 }
 
 function idArrays(n, p, codebooks) {
-  const groups = dict(p, "ids", Object.keys(codebooks));
+  const names = Object.keys(codebooks);
+  const groups = dict(p, "ids", names);
+  const coded = dict(p, "ids_delta", names);
   const out = {};
   for (const [name, cb] of Object.entries(codebooks)) {
     const want = cb.rows <= 256 ? "|u1" : "<u2";
-    const ids = array(groups, name, [want], [n], `ids.${name}`).data;
+    let ids = array(groups, name, [want], [n], `ids.${name}`).data;
+    need(typeof coded[name] === "boolean", `ids_delta.${name} must be a bool`);
+    if (coded[name]) { // differences from the previous row, modulo 2^8 or 2^16 (typed array wrap)
+      ids = ids.slice();
+      for (let i = 1; i < n; i++) ids[i] += ids[i - 1];
+    }
     checkIds(ids, cb.rows, `ids.${name}`);
     out[name] = ids;
   }
@@ -130,7 +140,7 @@ function idArrays(n, p, codebooks) {
 }
 
 function keyframe(n, p) {
-  keys(p, ["sh_degree", "step", "codebooks", "origin", "morton", "ids"], "keyframe payload");
+  keys(p, ["sh_degree", "step", "codebooks", "origin", "morton", "ids", "ids_delta"], "keyframe payload");
   const shDegree = intField(p, "sh_degree", 0, 3);
   const step = p.step;
   need(typeof step === "number" && step > 0 && step < 1e30 && Math.fround(step) === step,
@@ -149,7 +159,7 @@ function keyframe(n, p) {
 }
 
 function intra(state, n, p) {
-  keys(p, ["origin", "morton", "ids"], "intra payload");
+  keys(p, ["origin", "morton", "ids", "ids_delta"], "intra payload");
   const { origin, q } = positions(n, p);
   return { ...state, origin, q, ids: idArrays(n, p, state.codebooks), n };
 }
@@ -159,19 +169,21 @@ function interframe(state, n, p) {
   need(n === state.n, `interframe for ${n} Gaussians, reference frame has ${state.n}`);
   const unit = intField(p, "unit", 1, 2 ** 21);
   const moved = maskIndices(p, "pos_mask", n, "pos_mask");
-  const delta = array(p, "pos_delta", INT, [moved.length, 3], "pos_delta").data;
+  // pos_delta [3, M]: per axis, the moved rows' steps as differences along the mask order.
+  const m = moved.length;
+  const delta = array(p, "pos_delta", INT, [3, m], "pos_delta").data;
   const q = state.q.slice();
-  for (let j = 0; j < moved.length; j++) {
-    const k = 3 * moved[j];
-    const x = q[k] + delta[3 * j] * unit; // exact: far below 2^53
-    const y = q[k + 1] + delta[3 * j + 1] * unit;
-    const z = q[k + 2] + delta[3 * j + 2] * unit;
-    if (!(Math.abs(x) < MAX_Q && Math.abs(y) < MAX_Q && Math.abs(z) < MAX_Q)) {
-      throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
+  for (let a = 0; a < 3; a++) {
+    let acc = 0; // |acc| < 2^25 and unit <= 2^21: exact integers in float64
+    for (let j = 0; j < m; j++) {
+      acc += delta[a * m + j];
+      const k = 3 * moved[j] + a;
+      const v = q[k] + acc * unit;
+      if (!(Math.abs(acc) < 2 * MAX_Q && Math.abs(v) < MAX_Q)) {
+        throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
+      }
+      q[k] = v;
     }
-    q[k] = x;
-    q[k + 1] = y;
-    q[k + 2] = z;
   }
   const names = Object.keys(state.codebooks);
   const masks = dict(p, "id_masks", names);
@@ -182,9 +194,13 @@ function interframe(state, n, p) {
     const old = state.ids[name];
     const want = old instanceof Uint8Array ? "|u1" : "<u2";
     const v = array(values, name, [want], [changed.length], `id_values.${name}`).data;
-    checkIds(v, state.codebooks[name].rows, `id_values.${name}`);
     const next = old.slice();
-    for (let j = 0; j < changed.length; j++) next[changed[j]] = v[j];
+    const rows = state.codebooks[name].rows;
+    for (let j = 0; j < changed.length; j++) { // differences from the old ids, modulo 2^8 or 2^16
+      const i = changed[j];
+      next[i] = old[i] + v[j]; // the typed array store wraps
+      if (next[i] >= rows) throw new CodecError(`id_values.${name}: id ${next[i]} out of range for a codebook of ${rows}`);
+    }
     ids[name] = next;
   }
   return { ...state, q, ids };

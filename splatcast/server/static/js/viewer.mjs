@@ -24,7 +24,10 @@ const state = window.splatcastViewer = {
   shownFrameIndex: -1,
   numGaussians: 0,
   frameType: "",
-  decodeMs: [], // per decoded frame (zstd + msgpack + reconstruction + packing), newest last
+  // Per decoded frame, newest last (at most 1000): {index, frameType, numGaussians, bytes, at
+  // (arrival, ms since page load), decodeMs (worker: zstd + msgpack + decode + packing),
+  // unpackMs, reconstructMs, packMs}.
+  decodeLog: [],
   bitrateMbps: 0,
   fps: 0, // frames drawn per second
   reconnects: 0,
@@ -34,6 +37,8 @@ const state = window.splatcastViewer = {
 const $ = (id) => document.getElementById(id);
 const renderer = createRenderer($("canvas"));
 const worker = new Worker(new URL("./worker.mjs", import.meta.url), { type: "module" });
+let workerReady = false;
+let queued = null; // a command sent before the worker said "ready"
 let pending = null; // newest decoded frame not drawn yet
 let fitted = false;
 let retry = 0;
@@ -56,7 +61,9 @@ function connect(mode) {
   state.mode = mode;
   state.status = "connecting";
   ended = false;
-  worker.postMessage({ cmd: "connect", url: streamUrl(mode) });
+  const cmd = { cmd: "connect", url: streamUrl(mode) };
+  if (workerReady) worker.postMessage(cmd);
+  else queued = cmd;
   updateUi();
 }
 
@@ -78,7 +85,11 @@ function addError(message) {
 
 worker.onmessage = ({ data: m }) => {
   const now = performance.now();
-  if (m.kind === "open") {
+  if (m.kind === "ready") {
+    workerReady = true;
+    if (queued) worker.postMessage(queued);
+    queued = null;
+  } else if (m.kind === "open") {
     state.status = state.mode;
   } else if (m.kind === "header") {
     state.header = m.header;
@@ -89,9 +100,9 @@ worker.onmessage = ({ data: m }) => {
     state.lastFrameIndex = m.index;
     state.numGaussians = m.numGaussians;
     state.frameType = m.frameType;
-    state.decodeMs.push(m.decodeMs);
-    if (state.decodeMs.length > 1000) state.decodeMs.shift();
-    state.lastTimings = m.timings;
+    state.decodeLog.push({ index: m.index, frameType: m.frameType, numGaussians: m.numGaussians,
+      bytes: m.bytes, at: now, decodeMs: m.decodeMs, ...m.timings });
+    if (state.decodeLog.length > 1000) state.decodeLog.shift();
     received.push([now, m.bytes]);
     if (m.bounds && !fitted) { renderer.fit(m.bounds); fitted = true; }
     pending = m;
@@ -125,7 +136,7 @@ function updateUi() {
   state.fps = rate(drawn, now, () => 1);
   const h = state.header;
   const total = h?.frame_count ?? null;
-  const recent = state.decodeMs.slice(-30);
+  const recent = state.decodeLog.slice(-30).map((f) => f.decodeMs);
   $("title").textContent = h?.name || seqId;
   let status = state.status;
   if (status === "reconnecting") {

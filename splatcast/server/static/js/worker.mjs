@@ -1,5 +1,7 @@
 // Web Worker: WebSocket -> length-prefixed messages -> protocol + codec decode -> Spark packing.
-// The page (viewer.mjs) sends {cmd: "connect", url} / {cmd: "close"}; the worker posts
+// The worker posts {kind: "ready"} once loaded (messages sent before that would be lost: the
+// modules await WebAssembly compilation); then the page (viewer.mjs) sends
+// {cmd: "connect", url} / {cmd: "close"}, and the worker posts
 //   {kind: "open"} | {kind: "header", header} |
 //   {kind: "frame", index, pts, frameType, numGaussians, packed (Uint32Array [N*4], transferred),
 //    bounds (first frame after connect only), bytes, decodeMs, timings} |
@@ -100,3 +102,4 @@ self.onmessage = (ev) => {
   if (ev.data.cmd === "connect") connect(ev.data.url);
   else if (ev.data.cmd === "close") disconnect();
 };
+post({ kind: "ready" });
