@@ -114,6 +114,17 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
             assert [f["index"] for f in state["decodeLog"]] == list(range(FRAMES))
             assert all(f["decodeMs"] > 0 for f in state["decodeLog"])
 
+            # Visible reconnect: rejoin live, which starts at the latest keyframe.
+            types = [f["frame_type"] for f in http.get(f"/v1/sequences/{seq['id']}/frames").json()]
+            resumed = FRAMES - max(i for i, t in enumerate(types) if t == "keyframe")
+            page.click("#reconnect")
+            wait_for(page, f"window.splatcastViewer.framesDecoded >= {FRAMES + resumed}", 30_000, console)
+            wait_for(page, "window.splatcastViewer.status === 'ended'", 20_000, console)
+            again = page.evaluate("window.splatcastViewer")
+            assert again["reconnects"] == 1 and again["errors"] == []
+            assert again["decodeLog"][FRAMES]["frameType"] == "keyframe"
+            assert [f["index"] for f in again["decodeLog"][FRAMES:]] == list(range(FRAMES - resumed, FRAMES))
+
             page.screenshot(path=tmp_path / "viewer.png")
             canvas = page.locator("#canvas")
             png = canvas.screenshot(mask=[page.locator("#stats"), page.locator("#errors")], mask_color=BACKGROUND)
