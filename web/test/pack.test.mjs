@@ -3,7 +3,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { packSplats, packState, SH_C0 } from "../../splatcast/server/static/js/pack.mjs";
+import { packShBands, packShState, packSplats, packState, SH_C0 } from "../../splatcast/server/static/js/pack.mjs";
 import { decodeStream } from "../../splatcast/server/static/js/protocol.mjs";
 import { FrameDecoder, reconstruct, stateMeans } from "../../splatcast/server/static/js/codec.mjs";
 
@@ -41,14 +41,31 @@ test("packSplats matches Spark setPackedSplat", { skip: spark ? false : "web/nod
   assert.deepEqual(ours, ref);
 });
 
+test("packShBands matches Spark's encodeSh1Rgb / encodeSh2Rgb / encodeSh3Rgb", { skip: spark ? false : "web/node_modules missing" }, () => {
+  const n = 3000;
+  let s = 11;
+  const rnd = () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+  const shN = Float32Array.from({ length: n * 15 * 3 }, () => 2.4 * rnd() - 1.2); // some beyond +-1
+  const ours = packShBands(shN, 3);
+  const words = [2, 4, 4];
+  [spark.utils.encodeSh1Rgb, spark.utils.encodeSh2Rgb, spark.utils.encodeSh3Rgb].forEach((encode, k) => {
+    const b = k + 1, per = 3 * (2 * b + 1), offset = 3 * (b * b - 1);
+    const ref = new Uint32Array(n * words[k]);
+    for (let i = 0; i < n; i++) encode(ref, i, shN.subarray(i * 45 + offset, i * 45 + offset + per));
+    assert.deepEqual(ours[k], ref, `band ${b}`);
+  });
+});
+
 for (const name of ["codec_tracked", "codec_untracked"]) {
-  test(`packState (codebook tables) packs ${name} like packSplats(reconstruct(state))`,
+  test(`packState and packShState (codebook tables) pack ${name} like the float path`,
     { skip: !existsSync(`${VECTORS}${name}.splatcast`) }, () => {
       const decoder = new FrameDecoder();
       for (const m of decodeStream(new Uint8Array(readFileSync(`${VECTORS}${name}.splatcast`)))) {
         if (m.t !== "frame") continue;
         const state = decoder.update(m.frame_type, m.num_gaussians, m.payload);
-        assert.deepEqual(packState(state, stateMeans(state)), packSplats(reconstruct(state)));
+        const frame = reconstruct(state);
+        assert.deepEqual(packState(state, stateMeans(state)), packSplats(frame));
+        assert.deepEqual(packShState(state), packShBands(frame.shN, frame.shDegree));
       }
     });
 }

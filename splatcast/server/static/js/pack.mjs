@@ -9,6 +9,11 @@
 // Activations follow the INRIA 3DGS convention: colour = 0.5 + C0 * sh0 (C0 = 0.28209479),
 // opacity = sigmoid(logit), scale = exp(log scale); quaternions are wxyz, not necessarily unit.
 //
+// SH bands 1..3 go to Spark's extra arrays (`PackedSplats.extra.sh1/sh2/sh3`, `encodeSh1Rgb`
+// etc.): band b's 3(2b+1) coefficients (coefficient-major, channel-minor, as in the codec) as
+// signed 7-, 8- or 6-bit integers scaled by 63, 127 or 31 (Spark's default shMax of 1), packed
+// little-end first into 2, 4 or 4 words per splat.
+//
 // Every attribute but the centre is a function of one codebook row in the splatcast codec, so
 // `packState` encodes each codebook row once (cached per keyframe) and packs a frame with
 // table look-ups; `packSplats` packs arbitrary float arrays the same way (bit-identical to
@@ -159,6 +164,66 @@ export function packState(state, means) {
     encodedBooks.set(cb, enc);
   }
   return combine(state.n, means, enc, state.ids);
+}
+
+const SH_BITS = [7, 8, 6]; // per band 1..3
+const SH_WORDS = [2, 4, 4];
+
+/** Band b's coefficients [R * 3(2b+1)] -> Spark's words [R * words]. */
+function encodeShBand(coeffs, b) {
+  const bits = SH_BITS[b - 1], words = SH_WORDS[b - 1];
+  const max = (1 << (bits - 1)) - 1;
+  const mask = (1 << bits) - 1;
+  const per = 3 * (2 * b + 1);
+  const rows = coeffs.length / per;
+  const out = new Uint32Array(rows * words);
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < per; i++) {
+      const v = Math.round(Math.max(-max, Math.min(max, coeffs[r * per + i] * max))) & mask; // NaN -> 0
+      const bit = i * bits, w = r * words + (bit >>> 5), off = bit & 31;
+      out[w] |= v << off;
+      if (off + bits > 32) out[w + 1] |= v >>> (32 - off);
+    }
+  }
+  return out;
+}
+
+const encodedBands = new WeakMap(); // codebooks object -> [words of band 1, 2, 3 rows]
+
+/**
+ * Spark's extra SH arrays for a codec decoder state: one Uint32Array per band 1..sh_degree,
+ * [N * 2] for band 1 and [N * 4] for bands 2 and 3 (empty list at SH degree 0).
+ */
+export function packShState(state) {
+  const cb = state.codebooks;
+  let luts = encodedBands.get(cb);
+  if (!luts) {
+    luts = [];
+    for (let b = 1; b <= state.shDegree; b++) luts.push(encodeShBand(cb[`shN_${b}`].data, b));
+    encodedBands.set(cb, luts);
+  }
+  return luts.map((lut, k) => {
+    const words = SH_WORDS[k], ids = state.ids[`shN_${k + 1}`];
+    const out = new Uint32Array(state.n * words);
+    for (let i = 0; i < state.n; i++) {
+      for (let w = 0; w < words; w++) out[i * words + w] = lut[ids[i] * words + w];
+    }
+    return out;
+  });
+}
+
+/** Spark's extra SH arrays for float coefficients shN [N * K * 3] at an SH degree (tests). */
+export function packShBands(shN, shDegree) {
+  const n = shDegree ? shN.length / (3 * ((shDegree + 1) ** 2 - 1)) : 0;
+  const k = (shDegree + 1) ** 2 - 1;
+  const out = [];
+  for (let b = 1, offset = 0; b <= shDegree; offset += 3 * (2 * b + 1), b++) {
+    const per = 3 * (2 * b + 1);
+    const band = new Float32Array(n * per);
+    for (let i = 0; i < n; i++) band.set(shN.subarray(i * 3 * k + offset, i * 3 * k + offset + per), i * per);
+    out.push(encodeShBand(band, b));
+  }
+  return out;
 }
 
 /**

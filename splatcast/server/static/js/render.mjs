@@ -5,9 +5,9 @@ import { PackedSplats, SparkRenderer, SplatMesh } from "@sparkjsdev/spark";
 
 /**
  * Create the renderer on `canvas`. Returns {show(frame), fit(bounds), flip(), draw()}:
- * `show` replaces the splats with a worker frame ({numGaussians, packed: Uint32Array [N*4]}),
- * `show` and `draw` are async (await each); `draw` updates Spark's sort for the current camera
- * and renders.
+ * async `show` replaces the splats with a worker frame ({numGaussians, packed: Uint32Array
+ * [N*4], sh: Spark's SH band arrays}); `fit` aims the camera at {center, radius}; `flip` turns the scene upside down;
+ * async `draw` updates Spark's sort for the current camera and renders.
  */
 export function createRenderer(canvas) {
   const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
@@ -40,18 +40,33 @@ export function createRenderer(canvas) {
 
   async function show(frame) {
     const n = frame.numGaussians;
-    if (!packed) {
-      packed = new PackedSplats({ maxSplats: Math.max(1, n) });
-      mesh = new SplatMesh({ packedSplats: packed });
-      await mesh.initialized;
-      holder.add(mesh);
-    }
+    const created = !packed;
+    if (created) packed = new PackedSplats({ maxSplats: Math.max(1, n) });
     const arr = packed.ensureSplats(n); // grows (and reallocates) for a larger frame
     arr.set(frame.packed);
     packed.numSplats = n;
     packed.needsUpdate = true;
-    if (n !== shownCount) mesh.updateMappingVersion();
-    else mesh.updateVersion();
+    frame.sh.forEach((words, k) => { // SH bands 1..3: Spark's extra arrays and their textures
+      const level = k + 1;
+      const data = packed.ensureSplatsSh(level, n);
+      data.set(words);
+      const tex = packed.extra[`sh${level}Texture`];
+      if (tex && tex.value.image.data !== data) { // reallocated: Spark makes a new texture
+        tex.value.dispose();
+        delete packed.extra[`sh${level}Texture`];
+      } else if (tex) {
+        tex.value.needsUpdate = true;
+      }
+    });
+    if (created) { // after the SH arrays exist, so the mesh's shader includes them
+      mesh = new SplatMesh({ packedSplats: packed });
+      await mesh.initialized;
+      holder.add(mesh);
+    } else if (n !== shownCount) {
+      mesh.updateMappingVersion();
+    } else {
+      mesh.updateVersion();
+    }
     shownCount = n;
   }
 

@@ -3,13 +3,14 @@
 // modules await WebAssembly compilation); then the page (viewer.mjs) sends
 // {cmd: "connect", url} / {cmd: "close"}, and the worker posts
 //   {kind: "open"} | {kind: "header", header} |
-//   {kind: "frame", index, pts, frameType, numGaussians, packed (Uint32Array [N*4], transferred),
-//    bounds (first frame after connect only), bytes, decodeMs, timings} |
+//   {kind: "frame", index, frameType, numGaussians, packed (Uint32Array [N*4]), sh (Spark's
+//    arrays for SH bands 1..degree; packed and sh are transferred), bounds (first frame after
+//    connect only), bytes, decodeMs, timings} |
 //   {kind: "skipped", index, frameType} (waiting for a keyframe) | {kind: "end", frameCount} |
-//   {kind: "error", message, fatal} | {kind: "closed", code, reason}.
+//   {kind: "error", message} | {kind: "closed", code, reason}.
 import { MessageSplitter, decodeBody } from "./protocol.mjs";
 import { FrameDecoder, stateMeans } from "./codec.mjs";
-import { packState, robustBounds } from "./pack.mjs";
+import { packShState, packState, robustBounds } from "./pack.mjs";
 
 let ws = null;
 let splitter = null;
@@ -41,7 +42,7 @@ function connect(url) {
     try {
       bodies = splitter.push(new Uint8Array(ev.data));
     } catch (e) { // a byte stream cannot be resynchronised: drop the connection
-      post({ kind: "error", message: String(e.message || e), fatal: true });
+      post({ kind: "error", message: String(e.message || e) });
       sock.close(4000, "protocol error");
       return;
     }
@@ -60,7 +61,7 @@ function handle(body) {
   try {
     msg = decodeBody(body);
   } catch (e) {
-    post({ kind: "error", message: String(e.message || e), fatal: true });
+    post({ kind: "error", message: String(e.message || e) });
     ws?.close(4000, "protocol error");
     return;
   }
@@ -79,22 +80,23 @@ function handle(body) {
       const means = stateMeans(state);
       const t2 = performance.now();
       const packed = packState(state, means);
+      const sh = packShState(state);
       const t3 = performance.now();
       const bounds = needBounds ? robustBounds(means) : null;
       needBounds = false;
       post({
-        kind: "frame", index: msg.index, pts: msg.pts, frameType: msg.frame_type,
-        numGaussians: state.n, packed, bounds, bytes: body.length + 4,
+        kind: "frame", index: msg.index, frameType: msg.frame_type,
+        numGaussians: state.n, packed, sh, bounds, bytes: body.length + 4,
         decodeMs: t3 - t0, timings: { unpackMs: t1 - t0, reconstructMs: t2 - t1, packMs: t3 - t2 },
-      }, [packed.buffer]);
+      }, [packed.buffer, ...sh.map((a) => a.buffer)]);
     } catch (e) { // bad payload: resume at the next keyframe
       decoder = new FrameDecoder();
-      post({ kind: "error", message: `frame ${msg.index}: ${e.message || e}`, fatal: false });
+      post({ kind: "error", message: `frame ${msg.index}: ${e.message || e}` });
     }
   } else if (msg.t === "end") {
     post({ kind: "end", frameCount: msg.frame_count });
   } else {
-    post({ kind: "error", message: `server: ${msg.code}: ${msg.message}`, fatal: true });
+    post({ kind: "error", message: `server: ${msg.code}: ${msg.message}` });
   }
 }
 
