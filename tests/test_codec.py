@@ -67,9 +67,12 @@ def test_tracked_sequence_round_trip(tile_frames):
     types = [enc.frame_type for enc, *_ in result]
     assert types == ["keyframe"] + ["interframe"] * 9
     step = result[0][0].payload["step"]
+    key_color = result[0][2]["color_rmse_255"]
+    assert key_color < 17  # the tile's sh0 is heavy-tailed (colours up to 4.0)
     for enc, dec, err, size in result:
         assert err["position_max_abs"] <= position_bound(enc, step)
-        assert err["color_rmse_255"] < 20 and err["opacity_rmse"] < 0.01
+        # a keyframe is forced before a group's mean squared VQ error exceeds 4x the keyframe's
+        assert err["color_rmse_255"] <= 2 * key_color and err["opacity_rmse"] < 0.01
         assert err["rotation_deg_mean"] < 20 and err["scale_rel_mean"] < 0.4
         assert torch.allclose(dec.quats.norm(dim=1), torch.ones(dec.num_gaussians), atol=2e-3)
     key_bpg = result[0][3] / tile_frames[0].num_gaussians

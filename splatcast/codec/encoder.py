@@ -32,6 +32,9 @@ the keyframe (RMSE doubled), e.g. when colours leave the range the codebook was 
 GROUP_SIZE_FACTOR = {"rotation": 4}
 """Codebook size multipliers: a rotation has 3 degrees of freedom and one id (gsvvcompressor
 spends two), so it gets 4x ``codebook_size`` entries (uint16 ids)."""
+HYSTERESIS = 3.0
+"""Slack of the interframe id hysteresis, in units of L (see FrameEncoder._assign): larger
+keeps more ids (fewer bytes) at a larger attribute error; the DRIFT rule bounds the drift."""
 NEIGHBOURS = 16
 """Centroids searched first when an id must change in an interframe (those nearest the old)."""
 OPACITY_EPS = 1e-4
@@ -177,8 +180,8 @@ class FrameEncoder:
     def _assign(self, feats: dict[str, torch.Tensor], full: bool = False) -> dict[str, torch.Tensor]:
         """Codebook ids [N] int64 per group, input order. Unless ``full`` or the count changed,
         a row keeps its previous id while its squared distance to that centroid stays within
-        max(L, d0) + L, L the keyframe's mean squared distortion and d0 the row's distance when
-        the id was chosen (hysteresis: fewer id changes, less time). Sets ``self._new_dist``."""
+        max(L, d0) + HYSTERESIS * L (L: ``_limit``; d0: the row's distance when the id was
+        chosen): fewer id changes, less time. Sets ``self._new_dist``."""
         out, self._new_dist = {}, {}
         for name, x in feats.items():
             books, prev = self._books[name], self._feats.get(name)
@@ -189,7 +192,7 @@ class FrameEncoder:
             ids, dist = self._ids[name].clone(), self._dist[name].clone()
             rows = (x != prev).any(1).nonzero()[:, 0]
             limit = self._limits[name]
-            allowed = dist[rows].clamp(min=limit) + limit
+            allowed = dist[rows].clamp(min=limit) + HYSTERESIS * limit
             far = _sqdist(x[rows], books[ids[rows]]) > allowed
             rows, allowed = rows[far], allowed[far]
             # first the centroids nearest to the old one, then (rarely) the whole codebook
