@@ -66,6 +66,8 @@ for (const name of ["codec_tracked", "codec_untracked"]) {
         const frame = reconstruct(state);
         assert.deepEqual(packState(state, stateMeans(state)), packSplats(frame));
         assert.deepEqual(packShState(state), packShBands(frame.shN, frame.shDegree));
+        const sent = packShState(state).map((_, k) => state.ids[`shN_${k + 1}`]);
+        assert.ok(packShState(state, sent).every((words) => words === null)); // nothing to resend
       }
     });
 }

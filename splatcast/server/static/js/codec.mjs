@@ -194,6 +194,10 @@ function interframe(state, n, p) {
     const old = state.ids[name];
     const want = old instanceof Uint8Array ? "|u1" : "<u2";
     const v = array(values, name, [want], [changed.length], `id_values.${name}`).data;
+    if (changed.length === 0) { // unchanged: share the array (states never modify theirs)
+      ids[name] = old;
+      continue;
+    }
     const next = old.slice();
     const rows = state.codebooks[name].rows;
     for (let j = 0; j < changed.length; j++) { // differences from the old ids, modulo 2^8 or 2^16

@@ -6,7 +6,7 @@ import { PackedSplats, SparkRenderer, SplatMesh } from "@sparkjsdev/spark";
 /**
  * Create the renderer on `canvas`. Returns {show(frame), fit(bounds), flip(), draw()}:
  * async `show` replaces the splats with a worker frame ({numGaussians, packed: Uint32Array
- * [N*4], sh: Spark's SH band arrays}); `fit` aims the camera at {center, radius}; `flip` turns the scene upside down;
+ * [N*4], sh: Spark's SH band arrays, null where unchanged}); `fit` aims the camera at {center, radius}; `flip` turns the scene upside down;
  * async `draw` updates Spark's sort for the current camera and renders.
  */
 export function createRenderer(canvas) {
@@ -47,6 +47,7 @@ export function createRenderer(canvas) {
     packed.numSplats = n;
     packed.needsUpdate = true;
     frame.sh.forEach((words, k) => { // SH bands 1..3: Spark's extra arrays and their textures
+      if (!words) return; // unchanged since the previous frame
       const level = k + 1;
       const data = packed.ensureSplatsSh(level, n);
       data.set(words);

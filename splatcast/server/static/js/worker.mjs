@@ -4,8 +4,8 @@
 // {cmd: "connect", url} / {cmd: "close"}, and the worker posts
 //   {kind: "open"} | {kind: "header", header} |
 //   {kind: "frame", index, frameType, numGaussians, packed (Uint32Array [N*4]), sh (Spark's
-//    arrays for SH bands 1..degree; packed and sh are transferred), bounds (first frame after
-//    connect only), bytes, decodeMs, timings} |
+//    arrays for SH bands 1..degree, null where unchanged since the last frame; packed and sh
+//    are transferred), bounds (first frame after connect only), bytes, decodeMs, timings} |
 //   {kind: "skipped", index, frameType} (waiting for a keyframe) | {kind: "end", frameCount} |
 //   {kind: "error", message} | {kind: "closed", code, reason}.
 import { MessageSplitter, decodeBody } from "./protocol.mjs";
@@ -16,6 +16,7 @@ let ws = null;
 let splitter = null;
 let decoder = null;
 let needBounds = true;
+let sentShIds = []; // per SH band, the ids array whose words the page already has
 
 function post(msg, transfer = []) {
   self.postMessage(msg, transfer);
@@ -34,6 +35,7 @@ function connect(url) {
   splitter = new MessageSplitter();
   decoder = new FrameDecoder();
   needBounds = true;
+  sentShIds = [];
   const sock = new WebSocket(url);
   sock.binaryType = "arraybuffer";
   sock.onopen = () => post({ kind: "open" });
@@ -80,7 +82,8 @@ function handle(body) {
       const means = stateMeans(state);
       const t2 = performance.now();
       const packed = packState(state, means);
-      const sh = packShState(state);
+      const sh = packShState(state, sentShIds); // null for bands whose ids did not change
+      sentShIds = sh.map((_, k) => state.ids[`shN_${k + 1}`]);
       const t3 = performance.now();
       const bounds = needBounds ? robustBounds(means) : null;
       needBounds = false;
@@ -88,7 +91,7 @@ function handle(body) {
         kind: "frame", index: msg.index, frameType: msg.frame_type,
         numGaussians: state.n, packed, sh, bounds, bytes: body.length + 4,
         decodeMs: t3 - t0, timings: { unpackMs: t1 - t0, reconstructMs: t2 - t1, packMs: t3 - t2 },
-      }, [packed.buffer, ...sh.map((a) => a.buffer)]);
+      }, [packed.buffer, ...sh.filter(Boolean).map((a) => a.buffer)]);
     } catch (e) { // bad payload: resume at the next keyframe
       decoder = new FrameDecoder();
       post({ kind: "error", message: `frame ${msg.index}: ${e.message || e}` });
