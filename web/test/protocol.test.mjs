@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { encode } from "../../splatcast/server/static/vendor/msgpack.mjs";
 import { MessageSplitter, ProtocolError, WireArray, decodeBody, decodeStream }
   from "../../splatcast/server/static/js/protocol.mjs";
 
@@ -80,3 +81,30 @@ for (const [name, { file, error }] of bad) {
     }
   });
 }
+
+// A zstd frame holding `content` in one raw (stored) block, with its content size: RFC 8878
+// section 3.1.1 (FHD 0xA0 = 4-byte content size, single segment; block header: last, raw).
+function zstdRaw(content) {
+  const out = new Uint8Array(4 + 1 + 4 + 3 + content.length);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, 0xfd2fb528, true);
+  out[4] = 0xa0;
+  dv.setUint32(5, content.length, true);
+  const block = (content.length << 3) | 1; // size, type raw (0), last block
+  out.set([block & 255, (block >> 8) & 255, (block >> 16) & 255], 9);
+  out.set(content, 12);
+  return out;
+}
+
+test("inherited property names are not message types or dtypes", () => {
+  const frame = (payload) => ({ t: "frame", index: 0, pts: 0, frame_type: "keyframe", num_gaussians: 1, payload });
+  const hostile = [
+    { t: "constructor" }, { t: "toString" },
+    frame({ x: { dtype: "constructor", shape: [1], data: new Uint8Array(1) } }),
+    frame({ x: { dtype: "toString", shape: [1], data: new Uint8Array(1) } }),
+  ];
+  for (const wire of hostile) {
+    assert.throws(() => decodeBody(zstdRaw(encode(wire))), (e) => e instanceof ProtocolError && e.kind === "SchemaError");
+  }
+  assert.equal(decodeBody(zstdRaw(encode({ t: "end", frame_count: 3 }))).frame_count, 3); // the helper is valid
+});

@@ -231,7 +231,7 @@ function need(cond, msg) {
 function arrayFromWire(m, limits) {
   const keys = Object.keys(m).sort();
   need(keys.join() === "data,dtype,shape", "array map must have exactly the keys ['data', 'dtype', 'shape']");
-  const spec = typeof m.dtype === "string" ? DTYPES[m.dtype] : undefined;
+  const spec = typeof m.dtype === "string" && Object.hasOwn(DTYPES, m.dtype) ? DTYPES[m.dtype] : undefined;
   need(spec !== undefined, `array dtype ${JSON.stringify(m.dtype)} is not allowed`);
   const [itemsize, Ctor] = spec;
   const { shape, data } = m;
@@ -312,7 +312,7 @@ export function decodeBody(body, limits = DEFAULT_LIMITS) {
   need(isMap(wire), "message is not a msgpack map");
   checkTree(wire, limits);
   const t = wire.t;
-  need(typeof t === "string" && t in FIELDS, `unknown message type t=${JSON.stringify(t)}`);
+  need(typeof t === "string" && Object.hasOwn(FIELDS, t), `unknown message type t=${JSON.stringify(t)}`);
   if (t === "header") {
     if (wire.magic !== MAGIC) throw new ProtocolError("VersionError", `bad magic ${JSON.stringify(wire.magic)}`);
     const v = wire.version;
@@ -321,7 +321,7 @@ export function decodeBody(body, limits = DEFAULT_LIMITS) {
       throw new ProtocolError("VersionError", `protocol version ${v[0]}.${v[1]} is not supported`);
     }
   }
-  const missing = FIELDS[t].filter((k) => !(k in wire));
+  const missing = FIELDS[t].filter((k) => !Object.hasOwn(wire, k));
   need(missing.length === 0, `${t} message lacks ${missing}`);
   const msg = { t };
   for (const k of FIELDS[t]) msg[k] = wire[k];
