@@ -145,10 +145,10 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
     rows = np.flatnonzero(_mask(p, "pos_mask", n, "pos_mask"))
     delta = _array(p, "pos_delta", _INT, (3, len(rows)), "pos_delta")
     moves = np.cumsum(delta, axis=1, dtype=np.int64).T  # [M, 3] in units
-    if moves.size and np.abs(moves).max() >= 2 * MAX_Q:
+    if moves.size and max(moves.max(), -moves.min()) >= 2 * MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
     moved = state.q[rows] + moves * unit
-    if moved.size and np.abs(moved).max() >= MAX_Q:
+    if moved.size and max(moved.max(), -moved.min()) >= MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
     q = state.q.copy()
     q[rows] = moved

@@ -123,11 +123,7 @@ class FrameEncoder:
     # --- frame types ---------------------------------------------------------------------------
 
     def _keyframe(self, means: np.ndarray, feats: dict[str, torch.Tensor]):
-        step = _derive_step(means, self.config)
-        if self.config.tolerance is not None:
-            self._unit = 2 * self.config.tolerance + 1
-        else:
-            self._unit = max(1, int(2 * EXTENT_FRACTION * _extent(means) / step))
+        step, self._unit = _step_and_unit(means, self.config)
         origin, order, planes = _positions(means, step)
         codebooks = {}
         for i, (name, x) in enumerate(feats.items()):
@@ -267,29 +263,44 @@ def _from_stored(name: str, cb: np.ndarray, device: torch.device) -> torch.Tenso
     return torch.sigmoid(c) if name == "opacity" else c
 
 
-def _derive_step(means: np.ndarray, config: CodecConfig) -> float:
-    """Position step (a float32 value): explicit, or alpha x the 5 % NN-distance quantile; if
-    the positions lie on a lattice of that spacing (voxelised captures), the lattice spacing."""
+def _step_and_unit(means: np.ndarray, config: CodecConfig) -> tuple[float, int]:
+    """Position step (a float32 value) and interframe unit (in steps) for a keyframe.
+
+    Step: explicit, or alpha x the 5 % NN-distance quantile; if the positions lie on a lattice
+    of that spacing (voxelised captures), the lattice spacing. Unit: ``2 * tolerance + 1``, or
+    the smallest unit with ``unit * step / 2`` at least the extent bound B (0.05 % of the
+    extent), the derived step then shrunk so that ``unit * step / 2 == B`` exactly; a bound
+    below half a step gives unit 1.
+    """
     span = float((means.max(0) - means.min(0)).max()) if len(means) else 0.0
-    if config.step is not None:
-        step = config.step
+    step, adjustable = (config.step, False) if config.step is not None else _nn_step(means, config)
+    ratio = 2 * EXTENT_FRACTION * _extent(means) / step
+    if config.tolerance is not None:
+        unit = 2 * config.tolerance + 1
+    elif ratio < 1:
+        unit = 1
+    elif adjustable:
+        unit = int(np.ceil(ratio))
+        step = step * ratio / unit
     else:
-        step = _nn_step(means, config)
-    return float(np.float32(max(step, span / (2**morton.BITS - 2), 1e-30)))
+        unit = int(ratio)
+    return float(np.float32(max(step, span / (2**morton.BITS - 2), 1e-30))), unit
 
 
-def _nn_step(means: np.ndarray, config: CodecConfig) -> float:
+def _nn_step(means: np.ndarray, config: CodecConfig) -> tuple[float, bool]:
+    """alpha x the 5 % NN-distance quantile, or a lattice spacing; and whether it is the
+    former (which the interframe unit may shrink slightly)."""
     if len(means) < 2:
-        return 1.0
+        return 1.0, False
     rng = np.random.default_rng(config.seed)
     sample = means[rng.choice(len(means), min(NN_SAMPLE, len(means)), replace=False)]
     dist, _ = cKDTree(means).query(sample, k=2)
     nn = dist[:, 1][dist[:, 1] > 0]
     if not len(nn):
-        return 1.0
+        return 1.0, False
     d = float(np.quantile(nn, NN_QUANTILE))
     lattice = _lattice_spacing(means, sample, d)
-    return lattice if lattice is not None else config.alpha * d
+    return (lattice, False) if lattice is not None else (config.alpha * d, True)
 
 
 def _lattice_spacing(means: np.ndarray, sample: np.ndarray, d: float) -> float | None:
