@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import shutil
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from splatcast.client.api import ply_files
-from splatcast.server.runner import BackgroundServer
+from splatcast.server.runner import BackgroundServer, make_server
 from splatcast.server.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -133,3 +136,59 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
             assert 0.02 < coverage(page, png) < 0.9
         finally:
             browser.close()
+
+
+@contextmanager
+def server_on_port(settings: Settings, port: int):
+    """A real server on 127.0.0.1:port (0: a free one) in a thread; yields its URL. Unlike
+    BackgroundServer it can come back on the port of one that was stopped."""
+    server, sock = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": port}), "warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@pytest.mark.timeout(120)
+def test_viewer_reconnects_after_a_server_restart_and_resumes_at_a_keyframe(sync_playwright, loot_dir, tmp_path):
+    plys = [p.read_bytes() for p in ply_files(loot_dir)[:3]]
+    settings = Settings(data_dir=tmp_path / "data")
+    browser = launch_chromium(sync_playwright)
+    try:
+        page = browser.new_page(viewport={"width": 640, "height": 480})
+        console = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        with server_on_port(settings, 0) as url:
+            port = int(url.rsplit(":", 1)[1])
+            with httpx.Client(base_url=url, timeout=60) as http:
+                seq_id = http.post("/v1/sequences", json={"name": "restart"}).json()["id"]
+                for i in range(2):
+                    assert http.put(f"/v1/sequences/{seq_id}/frames/{i}", content=plys[i]).status_code == 201
+            page.goto(f"{url}/view/{seq_id}")
+            wait_for(page, "window.splatcastViewer.framesDecoded >= 2", 30_000, console)
+        # The server is gone: the page shows that it is reconnecting and keeps trying.
+        wait_for(page, "window.splatcastViewer.status === 'reconnecting'", 10_000, console)
+        assert page.locator("#status").inner_text().startswith("reconnecting")
+        with server_on_port(settings, port) as url, httpx.Client(base_url=url, timeout=60) as http:
+            wait_for(page, "window.splatcastViewer.reconnects >= 1 && "
+                           "window.splatcastViewer.framesDecoded >= 4", 30_000, console)
+            assert http.put(f"/v1/sequences/{seq_id}/frames/2", content=plys[2]).status_code == 201
+            assert http.post(f"/v1/sequences/{seq_id}/finish").status_code == 200
+            wait_for(page, "window.splatcastViewer.status === 'ended'", 30_000, console)
+        state = page.evaluate("window.splatcastViewer")
+        assert state["errors"] == [] and state["framesSkipped"] == 0
+        log = state["decodeLog"]
+        # Before the restart: frames 0, 1. After: the stream again from its latest keyframe
+        # (frame 0), then the live frame 2 (a keyframe: a restarted server starts a new GOP).
+        assert [f["index"] for f in log] == [0, 1, 0, 1, 2]
+        assert log[2]["frameType"] == "keyframe" and log[4]["frameType"] == "keyframe"
+    finally:
+        browser.close()
