@@ -68,26 +68,42 @@ def decode_payload(state: DecoderState | None, frame_type: str, num_gaussians: i
     raise CodecError(f"unknown frame type {frame_type!r}")
 
 
-def reconstruct(state: DecoderState) -> GaussianFrame:
-    """The frame a state stands for (float32 CPU tensors)."""
+def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame] | None = None
+                ) -> GaussianFrame:
+    """The frame a state stands for (float32 CPU tensors). With ``previous`` (the state and
+    frame before), tensors whose inputs are the very same arrays are reused, not rebuilt."""
     n, d = state.num_gaussians, state.sh_degree
     cb, ids = state.codebooks, state.ids
+    before, old = previous if previous is not None else (None, None)
+    same_books = before is not None and before.codebooks is cb and before.num_gaussians == n
+
+    def unchanged(*names: str) -> bool:
+        return same_books and all(ids[name] is before.ids[name] for name in names)
 
     def take(name: str) -> torch.Tensor:  # ids already validated
+        if unchanged(name):
+            return getattr(old, _FIELDS[name])
         return torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
 
-    means = state.q.astype(np.float32)  # [N, 3]; then float32 q * step + origin, in place
-    np.multiply(means, state.step, out=means)
-    np.add(means, state.origin, out=means)
-    bands = [take(f"shN_{b}").view(n, 2 * b + 1, 3) for b in range(1, d + 1)]
-    return GaussianFrame(
-        means=torch.from_numpy(means),
-        scales=take("scale"),
-        quats=take("rotation"),
-        opacities=take("opacity").view(n),
-        sh0=take("sh0"),
-        shN=torch.cat(bands, 1) if bands else torch.zeros((n, 0, 3)),
-    )
+    if same_books and state.q is before.q and state.origin is before.origin:
+        means = old.means
+    else:
+        m = state.q.astype(np.float32)  # [N, 3]; then float32 q * step + origin, in place
+        np.multiply(m, state.step, out=m)
+        np.add(m, state.origin, out=m)
+        means = torch.from_numpy(m)
+    bands = [f"shN_{b}" for b in range(1, d + 1)]
+    if unchanged(*bands):
+        shN = old.shN
+    else:
+        shN = torch.cat([torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
+                         .view(n, 2 * b + 1, 3) for b, name in enumerate(bands, 1)], 1) \
+            if bands else torch.zeros((n, 0, 3))
+    return GaussianFrame(means=means, scales=take("scale"), quats=take("rotation"),
+                         opacities=take("opacity").view(n), sh0=take("sh0"), shN=shN)
+
+
+_FIELDS = {"scale": "scales", "rotation": "quats", "opacity": "opacities", "sh0": "sh0"}
 
 
 class FrameDecoder:
@@ -96,16 +112,20 @@ class FrameDecoder:
     ``decode(frame_type, num_gaussians, payload) -> GaussianFrame`` (tensors on ``device``, in
     the codec's order: Morton order of the last keyframe or intra frame). Raises ``CodecError``
     for an intra or interframe before a keyframe and for any payload inconsistent with itself or
-    with ``num_gaussians``; the state is left unchanged then.
+    with ``num_gaussians``; the state is left unchanged then. Tensors that an interframe does
+    not change are shared with the previous decoded frame: treat decoded frames as read-only.
     """
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.state: DecoderState | None = None
+        self._frame: GaussianFrame | None = None  # the last decoded frame, on the CPU
 
     def decode(self, frame_type: str, num_gaussians: int, payload: dict) -> GaussianFrame:
-        self.state = decode_payload(self.state, frame_type, num_gaussians, payload)
-        return reconstruct(self.state).to(self.device)
+        state = decode_payload(self.state, frame_type, num_gaussians, payload)
+        previous = (self.state, self._frame) if self.state is not None else None
+        self.state, self._frame = state, reconstruct(state, previous)
+        return self._frame.to(self.device)
 
 
 # --- frame types -------------------------------------------------------------------------------
@@ -150,7 +170,7 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
     moved = state.q[rows] + moves * unit
     if moved.size and max(moved.max(), -moved.min()) >= MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
-    q = state.q.copy()
+    q = state.q.copy() if len(rows) else state.q  # state arrays are never written in place
     q[rows] = moved
     names = list(state.codebooks)
     masks, values = _dict(p, "id_masks", names), _dict(p, "id_values", names)
