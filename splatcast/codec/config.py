@@ -25,7 +25,7 @@ class CodecConfig:
 
     - ``gop``: a keyframe at least every ``gop`` frames (default 30, 1 s at 30 fps).
     - ``codebook_size``: entries per vector-quantisation codebook, 2..65536 (uint8 ids up to
-      256, uint16 above).
+      256, uint16 above; rotation gets 4x; k-means fits at most 16,384 entries).
     - ``alpha``: position step = ``alpha`` x the 5 % quantile of nearest-neighbour distances
       (the rule of gsvvcompressor), used when ``step`` is None.
     - ``step``: explicit position step in scene units, or None to derive it per keyframe.

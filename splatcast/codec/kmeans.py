@@ -17,8 +17,8 @@ KDTREE_DIMS = 4
 """Up to this many dimensions, CPU assignment uses a k-d tree (faster than all distances)."""
 SAMPLE = 16384
 """Rows used to fit the centroids."""
-SEED_SAMPLE = 8192
-"""Rows of the sample that k-means++ seeding draws from (it costs k passes over them)."""
+SEED_SAMPLE = 4096
+"""Rows of the sample that k-means++ seeding draws from, at least 2 k (it costs k passes)."""
 ITERATIONS = 8
 """Lloyd iterations after seeding."""
 CHUNK = 8192
@@ -64,12 +64,13 @@ def assign_local(x: torch.Tensor, centroids: torch.Tensor, candidates: torch.Ten
 
 
 def fit(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Centroids [min(k, N), D] float32 of the rows of ``x`` [N, D] float32 (N >= 1)."""
+    """Centroids [min(k, N, SAMPLE), D] float32 of the rows of ``x`` [N, D] float32 (N >= 1)."""
     rng = np.random.default_rng(seed)
     rows = rng.permutation(x.shape[0])[:SAMPLE]  # a random sample, in random order
     x = x[torch.from_numpy(rows).to(x.device)]
-    k = min(k, x.shape[0], SEED_SAMPLE)
-    centroids = torch.from_numpy(_seed(x[:SEED_SAMPLE].cpu().numpy(), k, rng)).to(x.device)
+    k = min(k, x.shape[0])  # at most SAMPLE centroids
+    pool = x[:max(SEED_SAMPLE, 2 * k)].cpu().numpy()
+    centroids = torch.from_numpy(_seed(pool, k, rng)).to(x.device)
     for _ in range(ITERATIONS):
         ids = assign(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, ids, x)
