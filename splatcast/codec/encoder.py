@@ -225,9 +225,7 @@ class _GridOverflow(Exception):
 
 def _features(frame: GaussianFrame) -> dict[str, torch.Tensor]:
     """Per group, the [N, D] float32 vectors that k-means clusters (docs/CODEC.md)."""
-    q = frame.quats
-    norm = q.norm(dim=1, keepdim=True)
-    unit = torch.where(norm > 0, q / norm.clamp(min=1e-30), torch.tensor([1.0, 0, 0, 0], device=q.device))
+    unit = _normalised(frame.quats)
     unit = torch.where(unit[:, :1] < 0, -unit, unit)  # q and -q are the same rotation: w >= 0
     out = {"rotation": unit, "scale": frame.scales,
            "opacity": torch.sigmoid(frame.opacities).unsqueeze(1), "sh0": frame.sh0}
@@ -237,11 +235,16 @@ def _features(frame: GaussianFrame) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def _normalised(q: torch.Tensor) -> torch.Tensor:  # [N, 4] -> [N, 4], zero rows -> (1, 0, 0, 0)
+    norm = q.norm(dim=1, keepdim=True)
+    identity = torch.tensor([1.0, 0.0, 0.0, 0.0], device=q.device)
+    return torch.where(norm > 0, q / norm.clamp(min=1e-30), identity)
+
+
 def _to_stored(name: str, c: torch.Tensor) -> np.ndarray:
     """Centroids in feature space [K, D] -> codebook as sent: float16 [K, D]."""
     if name == "rotation":
-        norm = c.norm(dim=1, keepdim=True)
-        c = torch.where(norm > 0, c / norm.clamp(min=1e-30), torch.tensor([1.0, 0, 0, 0], device=c.device))
+        c = _normalised(c)
     elif name == "opacity":
         c = torch.logit(c.clamp(OPACITY_EPS, 1 - OPACITY_EPS))
     return np.clip(c.cpu().numpy(), -65504, 65504).astype(np.float16)
