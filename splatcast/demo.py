@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {i + 1} frames of {args.gaussians} Gaussians to {out}")
         return 0
     if args.input:
-        from splatcast.client.api import ply_files
+        from splatcast.codec import ply_files
 
         files = ply_files(args.input)[:args.frames]
         plys, name = (p.read_bytes() for p in files), Path(args.input).resolve().name

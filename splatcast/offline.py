@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -42,11 +41,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=info)
 
 
-def natural_key(path: Path) -> list:
-    """Sort key: digit runs compare as numbers (frame_2 before frame_10)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 1
@@ -55,12 +49,13 @@ def _fail(message: str) -> int:
 def encode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, FrameEncoder, read_ply
+    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, FrameEncoder, ply_files, read_ply
     from splatcast.protocol import EndOfStream, FrameMessage, StreamHeader, encode_message
 
-    files = sorted(args.input_dir.glob("*.ply"), key=natural_key) if args.input_dir.is_dir() else []
-    if not files:
-        return _fail(f"no .ply files in {args.input_dir}")
+    try:
+        files = ply_files(args.input_dir)
+    except FileNotFoundError as e:
+        return _fail(str(e))
     if not 1 <= args.zstd_level <= 22:
         return _fail(f"--zstd-level must be in 1..22, got {args.zstd_level}")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from splatcast.client.api import ply_files
+from splatcast.codec import ply_files
 from splatcast.server.runner import BackgroundServer, make_server
 from splatcast.server.settings import Settings
 

@@ -6,7 +6,7 @@ import pytest
 
 from splatcast.cli import main
 from splatcast.client import SplatcastError, SyncSplatcastClient
-from splatcast.client.api import ply_files
+from splatcast.codec import ply_files
 from splatcast.codec import read_ply
 from splatcast.server import BackgroundServer, Settings
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import pytest
 import torch
 
 from splatcast.cli import main
 from splatcast.codec import CodecConfig, FrameEncoder, read_ply
-from splatcast.offline import natural_key
 from splatcast.protocol import EndOfStream, StreamHeader, encode_message
 
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -36,12 +34,6 @@ def encoded(loot_dir, tmp_path_factory):
     rc, stdout, stderr = run("encode", frames_dir, "-o", out, *ARGS)
     assert rc == 0, stderr
     return out, src, stdout, frames_dir
-
-
-def test_natural_key():
-    names = ["f10.ply", "f2.ply", "f1.ply", "g.ply", "f02b.ply"]
-    assert [n for n in sorted(names, key=lambda n: natural_key(Path(n)))] == [
-        "f1.ply", "f2.ply", "f02b.ply", "f10.ply", "g.ply"]
 
 
 def test_encode_prints_frames_and_summary(encoded):

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from plyfile import PlyData, PlyElement
 
-from splatcast.codec import GaussianFrame, PlyError, ply_bytes, read_ply, write_ply
+from splatcast.codec import GaussianFrame, PlyError, ply_bytes, ply_files, read_ply, write_ply
 from splatcast.codec.ply import MAX_HEADER_BYTES, OPACITY_CLAMP
 
 SCENES = {  # name -> (Gaussians, SH degree)
@@ -243,3 +243,11 @@ def test_fuzz_mutations_raise_only_ply_error(tile20, encoding, cut, edits):
     except PlyError:
         return
     assert frame.num_gaussians <= 3 and frame.sh_degree in (0, 1, 2, 3)
+
+
+def test_ply_files_in_natural_order(tmp_path):
+    for n in ["f10.ply", "f2.ply", "f1.ply", "g.ply", "f02b.ply", "notes.txt"]:
+        (tmp_path / n).write_bytes(b"")
+    assert [p.name for p in ply_files(tmp_path)] == ["f1.ply", "f2.ply", "f02b.ply", "f10.ply", "g.ply"]
+    with pytest.raises(FileNotFoundError, match="no .ply files"):
+        ply_files(tmp_path / "missing")

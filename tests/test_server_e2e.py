@@ -21,8 +21,8 @@ import torch
 from websockets.asyncio.client import connect
 
 from splatcast.cli import main as splatcast_main
-from splatcast.client.api import SplatcastClient, SplatcastError, StreamError, ply_files
-from splatcast.codec import FrameDecoder, GaussianFrame, read_ply
+from splatcast.client.api import SplatcastClient, SplatcastError, StreamError
+from splatcast.codec import FrameDecoder, GaussianFrame, ply_files, read_ply
 from splatcast.protocol import EndOfStream, FrameMessage, StreamDecoder, StreamHeader
 from splatcast.server import BackgroundServer, Settings
 

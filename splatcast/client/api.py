@@ -13,14 +13,13 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from splatcast.codec import FrameDecoder, GaussianFrame
+from splatcast.codec import FrameDecoder, GaussianFrame, ply_files
 from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, Limits, Message, StreamDecoder
 
 
@@ -65,19 +64,6 @@ class ReceivedFrame:
     arrived_at: float
     decoded_at: float
     frame: GaussianFrame
-
-
-def natural_key(name: str) -> list:
-    """Sort key that puts ``frame_2`` before ``frame_10``."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
-def ply_files(directory: str | os.PathLike) -> list[Path]:
-    """The ``*.ply`` files of ``directory`` in natural order; ``FileNotFoundError`` if there are none."""
-    files = sorted(Path(directory).glob("*.ply"), key=lambda p: natural_key(p.name))
-    if not files:
-        raise FileNotFoundError(f"no .ply files in {directory}")
-    return files
 
 
 class SplatcastClient:

@@ -36,12 +36,12 @@ def register(subparsers) -> None:
 
 
 def upload(args: argparse.Namespace) -> int:
-    import asyncio
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from splatcast.client.api import SplatcastClient, SplatcastError, ply_files
+    from splatcast.client.api import SplatcastClient, SplatcastError
+    from splatcast.codec import ply_files
 
     files = ply_files(args.input_dir)
 

@@ -4,8 +4,9 @@ from splatcast.codec.config import CODEC_NAME, CODEC_VERSION, FRAME_TYPES, Codec
 from splatcast.codec.decoder import FrameDecoder
 from splatcast.codec.encoder import EncodedFrame, FrameEncoder
 from splatcast.codec.frame import C0, SH_COEFFS, GaussianFrame
-from splatcast.codec.ply import PlyError, ply_bytes, read_ply, write_ply
+from splatcast.codec.ply import PlyError, natural_key, ply_bytes, ply_files, read_ply, write_ply
 
 __all__ = ["C0", "SH_COEFFS", "GaussianFrame",
            "CODEC_NAME", "CODEC_VERSION", "FRAME_TYPES", "CodecConfig", "CodecError", "FrameDecoder",
-           "EncodedFrame", "FrameEncoder", "PlyError", "ply_bytes", "read_ply", "write_ply"]
+           "EncodedFrame", "FrameEncoder", "PlyError", "natural_key", "ply_bytes", "ply_files",
+           "read_ply", "write_ply"]

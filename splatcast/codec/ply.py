@@ -233,3 +233,19 @@ def ply_bytes(frame: GaussianFrame) -> bytes:
 def write_ply(frame: GaussianFrame, path: str | os.PathLike) -> None:
     """Write ``frame`` to ``path`` as :func:`ply_bytes` does (exact INRIA layout)."""
     Path(path).write_bytes(ply_bytes(frame))
+
+
+def natural_key(name: str) -> list:
+    """Sort key in which digit runs compare as numbers: ``frame_2`` sorts before ``frame_10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def ply_files(directory: str | os.PathLike) -> list[Path]:
+    """The ``*.ply`` files of ``directory`` (the frames of a sequence) in natural order.
+
+    Raises ``FileNotFoundError`` when the directory is missing or holds no ``.ply`` file.
+    """
+    files = sorted(Path(directory).glob("*.ply"), key=lambda p: natural_key(p.name))
+    if not files:
+        raise FileNotFoundError(f"no .ply files in {directory}")
+    return files

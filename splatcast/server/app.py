@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import secrets
 import tarfile
 import tempfile
@@ -21,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from splatcast.codec import natural_key
 from splatcast.server.hub import Hub
 from splatcast.server.sequences import ID_PATTERN, Sequences
 from splatcast.server.settings import Settings
@@ -286,10 +286,6 @@ async def _read_body(request: Request, limit: int) -> tuple[bytearray, str]:
     return body, digest.hexdigest()
 
 
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
 def _ply_members(spool, max_frames: int) -> list[tarfile.TarInfo]:
     try:
         with tarfile.open(fileobj=spool, mode="r:") as tar:
@@ -300,7 +296,7 @@ def _ply_members(spool, max_frames: int) -> list[tarfile.TarInfo]:
         raise HTTPException(400, "the tar holds no .ply files")
     if len(members) > max_frames:
         raise HTTPException(413, f"{len(members)} frames over the limit of {max_frames}")
-    return sorted(members, key=lambda m: _natural_key(m.name))
+    return sorted(members, key=lambda m: natural_key(m.name))
 
 
 def _member_bytes(spool, member: tarfile.TarInfo) -> tuple[bytes, str]:
