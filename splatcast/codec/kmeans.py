@@ -30,7 +30,12 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
     x: [N, D] float32, centroids: [K, D] float32 on the same device -> [N] int64 ids. On the
     CPU with D <= KDTREE_DIMS a k-d tree (scipy cKDTree) answers; otherwise blocks of distances.
+    A single centroid and D == 1 (a sorted search) are answered directly.
     """
+    if centroids.shape[0] == 1:
+        return torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    if x.shape[1] == 1:
+        return _assign_1d(x[:, 0], centroids[:, 0])
     if x.device.type == "cpu" and x.shape[1] <= KDTREE_DIMS and len(x):
         _, ids = cKDTree(centroids.numpy()).query(x.numpy(), workers=-1)
         return torch.from_numpy(ids.astype(np.int64))
@@ -41,6 +46,19 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
         d = torch.addmm(c2.unsqueeze(0), xs, centroids.T, alpha=-2.0)  # [B, K] = |c|^2 - 2 x.c
         out[s:s + CHUNK] = d.argmin(1)
     return out
+
+
+def _assign_1d(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Nearest of the values ``c`` [K] to each of ``x`` [N] -> [N] int64 ids: a sorted search
+    and a comparison with the next value below, distances in float64 as the k-d tree's (of equal
+    values and of equal distances, the lowest id wins, as with ``argmin``)."""
+    values, ids = torch.sort(c.double(), stable=True)  # equal values keep increasing ids
+    x = x.double()
+    hi = torch.searchsorted(values, x).clamp(max=len(c) - 1)  # first of the values >= x, or the last
+    lo = torch.searchsorted(values, values[(hi - 1).clamp(min=0)])  # first of the next lower value
+    d_lo, d_hi = (x - values[lo]).abs(), (values[hi] - x).abs()
+    pick_lo = (d_lo < d_hi) | ((d_lo == d_hi) & (ids[lo] < ids[hi]))
+    return ids[torch.where(pick_lo, lo, hi)]
 
 
 def neighbours(centroids: torch.Tensor, count: int) -> torch.Tensor:
