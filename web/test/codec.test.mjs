@@ -5,8 +5,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { decodeStream } from "../../splatcast/server/static/js/protocol.mjs";
-import { CodecError, FrameDecoder } from "../../splatcast/server/static/js/codec.mjs";
+import { decodeStream, WireArray } from "../../splatcast/server/static/js/protocol.mjs";
+import { CodecError, FrameDecoder, reconstruct } from "../../splatcast/server/static/js/codec.mjs";
 
 const VECTORS = fileURLToPath(new URL("../../tests/vectors/", import.meta.url));
 const FIELDS = ["means", "scales", "quats", "opacities", "sh0", "shN"];
@@ -50,4 +50,31 @@ test("decoding starts at a keyframe only, and rejects inconsistent payloads", { 
   assert.throws(() => decoder.decode("interframe", inter.num_gaussians - 1, inter.payload), CodecError);
   const { ids, ...noIds } = key.payload;
   assert.throws(() => decoder.decode("keyframe", key.num_gaussians, noIds), CodecError);
+});
+
+test("a bad interframe leaves the decoder state unchanged (interframes change it in place)", { skip: !existsSync(`${VECTORS}codec_tracked.json`) }, () => {
+  const { frames } = load("codec_tracked");
+  const [key, inter] = frames;
+  assert.equal(inter.frame_type, "interframe");
+  const decoder = new FrameDecoder();
+  const before = decoder.decode(key.frame_type, key.num_gaussians, key.payload);
+  const lastRow = (bits) => { // highest set bit of a little-bit-order mask
+    let k = bits.length - 1;
+    while (!bits[k]) k--;
+    return 8 * k + 31 - Math.clz32(bits[k]);
+  };
+  // The last id change of sh0 leads out of its codebook (earlier rows and all positions are valid);
+  // then moves far beyond the grid.
+  const values = inter.payload.id_values.sh0.data.slice();
+  const old = decoder.state.ids.sh0[lastRow(inter.payload.id_masks.sh0.data)];
+  values[values.length - 1] = (255 - old) & 255;
+  const { dtype, shape } = inter.payload.id_values.sh0;
+  const badIds = { ...inter.payload,
+    id_values: { ...inter.payload.id_values, sh0: new WireArray(dtype, shape, values, values) } };
+  assert.throws(() => decoder.update("interframe", inter.num_gaussians, badIds), /id 255 out of range/);
+  assert.throws(() => decoder.update("interframe", inter.num_gaussians, { ...inter.payload, unit: 2 ** 21 }), /beyond/);
+  assert.deepEqual(reconstruct(decoder.state), before);
+  // and the good interframe still decodes after the failures
+  decoder.update(inter.frame_type, inter.num_gaussians, inter.payload);
+  assert.notDeepEqual(reconstruct(decoder.state).means, before.means);
 });

@@ -65,17 +65,14 @@ function checkIds(ids, k, what) {
 
 const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => b.toString(2).split("1").length - 1);
 
-/** A packed bit mask (uint8 [ceil(n/8)], little bit order) -> Int32Array of its set indices. */
-function maskIndices(p, key, n, what) {
-  const packed = array(p, key, ["|u1"], [(n + 7) >> 3], what).data;
-  if (n & 7) need((packed[packed.length - 1] >> (n & 7)) === 0, `${what}: padding bits beyond ${n} must be zero`);
+/** A packed bit mask (uint8 [ceil(n/8)], little bit order: row i is bit i % 8 of byte i >> 3),
+ * checked: {bits, count} with count = number of set bits. */
+function bitMask(p, key, n, what) {
+  const bits = array(p, key, ["|u1"], [(n + 7) >> 3], what).data;
+  if (n & 7) need((bits[bits.length - 1] >> (n & 7)) === 0, `${what}: padding bits beyond ${n} must be zero`);
   let count = 0;
-  for (let k = 0; k < packed.length; k++) count += POPCOUNT[packed[k]];
-  const idx = new Int32Array(count);
-  for (let k = 0, j = 0; k < packed.length; k++) {
-    for (let b = packed[k]; b; b &= b - 1) idx[j++] = 8 * k + 31 - Math.clz32(b & -b);
-  }
-  return idx;
+  for (let k = 0; k < bits.length; k++) count += POPCOUNT[bits[k]];
+  return { bits, count };
 }
 
 // Morton decoding on 32-bit halves: bit 3b+a of a code is bit b of axis a. compact11 keeps
@@ -127,10 +124,9 @@ function idArrays(n, p, codebooks) {
   const out = {};
   for (const [name, cb] of Object.entries(codebooks)) {
     const want = cb.rows <= 256 ? "|u1" : "<u2";
-    let ids = array(groups, name, [want], [n], `ids.${name}`).data;
+    const ids = array(groups, name, [want], [n], `ids.${name}`).data.slice(); // interframes change it
     need(typeof coded[name] === "boolean", `ids_delta.${name} must be a bool`);
     if (coded[name]) { // differences from the previous row, modulo 2^8 or 2^16 (typed array wrap)
-      ids = ids.slice();
       for (let i = 1; i < n; i++) ids[i] += ids[i - 1];
     }
     checkIds(ids, cb.rows, `ids.${name}`);
@@ -155,59 +151,75 @@ function keyframe(n, p) {
     codebooks[name] = { rows: cb.shape[0], dim: GROUP_DIMS[name], data: cb.data };
   }
   const { origin, q } = positions(n, p);
-  return { shDegree, step, codebooks, origin, q, ids: idArrays(n, p, codebooks), n };
+  return { shDegree, step, codebooks, origin, q, ids: idArrays(n, p, codebooks), n, changed: null };
 }
 
 function intra(state, n, p) {
   keys(p, ["origin", "morton", "ids", "ids_delta"], "intra payload");
   const { origin, q } = positions(n, p);
-  return { ...state, origin, q, ids: idArrays(n, p, state.codebooks), n };
+  return { ...state, origin, q, ids: idArrays(n, p, state.codebooks), n, changed: null };
+}
+
+// Interframe changes are applied in place, each by a function run twice: first with
+// write = false to check every change (a bad payload leaves the state unchanged), then to write.
+
+/** The k-th set row i of the position mask moves by unit * (running sum of delta[:, 0..k]).
+ * The spec's bound on the running sums, |sum| < 2^25, follows from the one checked here,
+ * |q| < 2^24 before and after (unit >= 1); so the sums stay exact in float64. */
+function movePositions(q, mask, delta, unit, write) {
+  const bits = mask.bits, m = mask.count;
+  let k = 0, x = 0, y = 0, z = 0;
+  for (let byte = 0; byte < bits.length; byte++) {
+    for (let b = bits[byte]; b; b &= b - 1, k++) {
+      const i = 3 * (8 * byte + 31 - Math.clz32(b & -b));
+      x += delta[k]; y += delta[m + k]; z += delta[2 * m + k];
+      const qx = q[i] + x * unit, qy = q[i + 1] + y * unit, qz = q[i + 2] + z * unit;
+      if (write) {
+        q[i] = qx; q[i + 1] = qy; q[i + 2] = qz;
+      } else if (!(Math.abs(qx) < MAX_Q && Math.abs(qy) < MAX_Q && Math.abs(qz) < MAX_Q)) {
+        throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
+      }
+    }
+  }
+}
+
+/** The k-th set row i of an id mask takes id (ids[i] + values[k]) mod 2^8 or 2^16. */
+function changeIds(ids, mask, values, rows, what, write) {
+  const bits = mask.bits, wrap = ids.BYTES_PER_ELEMENT === 1 ? 0xff : 0xffff;
+  for (let byte = 0, k = 0; byte < bits.length; byte++) {
+    for (let b = bits[byte]; b; b &= b - 1, k++) {
+      const i = 8 * byte + 31 - Math.clz32(b & -b);
+      const id = (ids[i] + values[k]) & wrap;
+      if (write) ids[i] = id;
+      else if (id >= rows) throw new CodecError(`${what}: id ${id} out of range for a codebook of ${rows}`);
+    }
+  }
 }
 
 function interframe(state, n, p) {
   keys(p, ["unit", "pos_mask", "pos_delta", "id_masks", "id_values"], "interframe payload");
   need(n === state.n, `interframe for ${n} Gaussians, reference frame has ${state.n}`);
   const unit = intField(p, "unit", 1, 2 ** 21);
-  const moved = maskIndices(p, "pos_mask", n, "pos_mask");
+  const moved = bitMask(p, "pos_mask", n, "pos_mask");
   // pos_delta [3, M]: per axis, the moved rows' steps as differences along the mask order.
-  const m = moved.length;
-  const delta = array(p, "pos_delta", INT, [3, m], "pos_delta").data;
-  const q = state.q.slice();
-  for (let a = 0; a < 3; a++) {
-    let acc = 0; // |acc| < 2^25 and unit <= 2^21: exact integers in float64
-    for (let j = 0; j < m; j++) {
-      acc += delta[a * m + j];
-      const k = 3 * moved[j] + a;
-      const v = q[k] + acc * unit;
-      if (!(Math.abs(acc) < 2 * MAX_Q && Math.abs(v) < MAX_Q)) {
-        throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
-      }
-      q[k] = v;
-    }
-  }
+  const delta = array(p, "pos_delta", INT, [3, moved.count], "pos_delta").data;
   const names = Object.keys(state.codebooks);
   const masks = dict(p, "id_masks", names);
   const values = dict(p, "id_values", names);
-  const ids = {};
-  for (const name of names) {
-    const changed = maskIndices(masks, name, n, `id_masks.${name}`);
-    const old = state.ids[name];
-    const want = old instanceof Uint8Array ? "|u1" : "<u2";
-    const v = array(values, name, [want], [changed.length], `id_values.${name}`).data;
-    if (changed.length === 0) { // unchanged: share the array (states never modify theirs)
-      ids[name] = old;
-      continue;
+  const changes = names.map((name) => {
+    const mask = bitMask(masks, name, n, `id_masks.${name}`);
+    const want = state.ids[name] instanceof Uint8Array ? "|u1" : "<u2";
+    return { name, mask, values: array(values, name, [want], [mask.count], `id_values.${name}`).data };
+  });
+  for (const write of [false, true]) {
+    movePositions(state.q, moved, delta, unit, write);
+    for (const { name, mask, values: v } of changes) {
+      changeIds(state.ids[name], mask, v, state.codebooks[name].rows, `id_values.${name}`, write);
     }
-    const next = old.slice();
-    const rows = state.codebooks[name].rows;
-    for (let j = 0; j < changed.length; j++) { // differences from the old ids, modulo 2^8 or 2^16
-      const i = changed[j];
-      next[i] = old[i] + v[j]; // the typed array store wraps
-      if (next[i] >= rows) throw new CodecError(`id_values.${name}: id ${next[i]} out of range for a codebook of ${rows}`);
-    }
-    ids[name] = next;
   }
-  return { ...state, q, ids };
+  const changedIds = {};
+  for (const { name, mask } of changes) changedIds[name] = mask.count ? mask.bits : null;
+  return { ...state, changed: { moved: moved.count ? moved.bits : null, ids: changedIds } };
 }
 
 function gather(cb, ids, n) {
@@ -262,9 +274,15 @@ export function reconstruct(state) {
 /**
  * Stateful decoder, one per stream; may start at any keyframe.
  * update(frameType, numGaussians, payload) -> the new decoder state {n, shDegree, step,
- * codebooks, origin, q, ids} (for packState/stateMeans); decode(...) -> frame arrays (see the
- * header comment). Both throw CodecError for an intra or interframe before a keyframe or any
- * inconsistent payload; the state is left unchanged then.
+ * codebooks, origin, q, ids, changed} (for packing and stateMeans); decode(...) -> frame arrays
+ * (see the header comment). Both throw CodecError for an intra or interframe before a keyframe
+ * or any inconsistent payload; the state is left unchanged then.
+ *
+ * An interframe changes the previous state's q and ids arrays in place (no per-frame copies), so
+ * a state's arrays hold its frame only until the next update. `changed` tells what an
+ * interframe changed: {moved: packed bit mask (Uint8Array [ceil(N/8)], little bit order) of the
+ * rows whose q changed, ids: {group: such a mask of the rows whose id changed}}, null for "no
+ * row"; `changed` is null after a keyframe or intra frame (every row is new).
  */
 export class FrameDecoder {
   constructor() {

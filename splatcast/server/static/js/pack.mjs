@@ -193,9 +193,9 @@ const encodedBands = new WeakMap(); // codebooks object -> [words of band 1, 2, 
 /**
  * Spark's extra SH arrays for a codec decoder state: one Uint32Array per band 1..sh_degree,
  * [N * 2] for band 1 and [N * 4] for bands 2 and 3 (empty list at SH degree 0); null for a
- * band whose ids array is `known[band - 1]` (the receiver already has its words).
+ * band whose ids an interframe left unchanged (the previous frame's words still hold).
  */
-export function packShState(state, known = []) {
+export function packShState(state) {
   const cb = state.codebooks;
   let luts = encodedBands.get(cb);
   if (!luts) {
@@ -205,7 +205,7 @@ export function packShState(state, known = []) {
   }
   return luts.map((lut, k) => {
     const words = SH_WORDS[k], ids = state.ids[`shN_${k + 1}`];
-    if (ids === known[k]) return null;
+    if (state.changed && !state.changed.ids[`shN_${k + 1}`]) return null;
     const out = new Uint32Array(state.n * words);
     for (let i = 0; i < state.n; i++) {
       for (let w = 0; w < words; w++) out[i * words + w] = lut[ids[i] * words + w];

@@ -16,7 +16,6 @@ let ws = null;
 let splitter = null;
 let decoder = null;
 let needBounds = true;
-let sentShIds = []; // per SH band, the ids array whose words the page already has
 
 function post(msg, transfer = []) {
   self.postMessage(msg, transfer);
@@ -35,7 +34,6 @@ function connect(url) {
   splitter = new MessageSplitter();
   decoder = new FrameDecoder();
   needBounds = true;
-  sentShIds = [];
   const sock = new WebSocket(url);
   sock.binaryType = "arraybuffer";
   sock.onopen = () => post({ kind: "open" });
@@ -82,8 +80,7 @@ function handle(body) {
       const means = stateMeans(state);
       const t2 = performance.now();
       const packed = packState(state, means);
-      const sh = packShState(state, sentShIds); // null for bands whose ids did not change
-      sentShIds = sh.map((_, k) => state.ids[`shN_${k + 1}`]);
+      const sh = packShState(state); // null for bands whose ids did not change
       const t3 = performance.now();
       const bounds = needBounds ? robustBounds(means) : null;
       needBounds = false;
