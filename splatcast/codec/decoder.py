@@ -167,7 +167,8 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
     moves = np.cumsum(delta, axis=1, dtype=np.int64).T  # [M, 3] in units
     if moves.size and max(moves.max(), -moves.min()) >= 2 * MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
-    moved = state.q[rows] + moves * unit
+    moved = np.multiply(moves, unit, order="C")  # [M, 3] int64 (take is faster than q[rows])
+    moved += state.q.take(rows, axis=0)
     if moved.size and max(moved.max(), -moved.min()) >= MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
     q = state.q.copy() if len(rows) else state.q  # state arrays are never written in place

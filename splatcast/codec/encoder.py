@@ -150,10 +150,14 @@ class FrameEncoder:
     def _interframe(self, means: np.ndarray, ids: dict[str, torch.Tensor]):
         state, order = self._decoder.state, self._order
         unit = self._unit
-        err = (means[order] - state.origin.astype(np.float64)) / float(state.step) - state.q
+        err = means.take(order, axis=0)  # [N, 3]; then (means - origin) / step - q, in place
+        err -= state.origin.astype(np.float64)
+        err /= float(state.step)
+        err -= state.q
         mask = (np.abs(err) > unit / 2).any(1)  # [N] rows whose error would exceed unit/2 steps
-        moves = np.rint(err[mask] / unit).astype(np.int64)  # [M, 3]
-        if moves.size and np.abs(state.q[mask] + moves * unit).max() >= MAX_Q:
+        rows = np.flatnonzero(mask)
+        moves = np.rint(err.take(rows, axis=0) / unit).astype(np.int64)  # [M, 3]
+        if moves.size and np.abs(state.q.take(rows, axis=0) + moves * unit).max() >= MAX_Q:
             return None
         delta = np.diff(moves.T, axis=1, prepend=0)  # [3, M] differences along codec order
         id_masks, id_values = {}, {}
@@ -183,20 +187,25 @@ class FrameEncoder:
             books, prev = self._books[name], self._feats.get(name)
             if full or prev is None or prev.shape != x.shape:
                 ids = kmeans.assign(x, books)
-                out[name], self._new_dist[name] = ids, _sqdist(x, books[ids])
+                out[name], self._new_dist[name] = ids, _sqdist(x, books, ids)
+                continue
+            if torch.equal(x, prev):  # no row changed: the same ids and distances
+                out[name], self._new_dist[name] = self._ids[name], self._dist[name]
                 continue
             ids, dist = self._ids[name].clone(), self._dist[name].clone()
             rows = (x != prev).any(1).nonzero()[:, 0]
             limit = self._limits[name]
             allowed = dist[rows].clamp(min=limit) + HYSTERESIS * limit
-            far = _sqdist(x[rows], books[ids[rows]]) > allowed
+            far = _sqdist(x.index_select(0, rows), books, ids[rows]) > allowed
             rows, allowed = rows[far], allowed[far]
             # first the centroids nearest to the old one, then (rarely) the whole codebook
-            ids[rows] = kmeans.assign_local(x[rows], books, self._near[name][ids[rows]])
-            dist[rows] = _sqdist(x[rows], books[ids[rows]])
+            xr = x.index_select(0, rows)  # [M, D]
+            ids[rows] = kmeans.assign_local(xr, books, self._near[name].index_select(0, ids[rows]))
+            dist[rows] = _sqdist(xr, books, ids[rows])
             rows = rows[dist[rows] > allowed]
-            ids[rows] = kmeans.assign(x[rows], books)
-            dist[rows] = _sqdist(x[rows], books[ids[rows]])
+            xr = x.index_select(0, rows)
+            ids[rows] = kmeans.assign(xr, books)
+            dist[rows] = _sqdist(xr, books, ids[rows])
             out[name], self._new_dist[name] = ids, dist
         return out
 
@@ -205,7 +214,7 @@ class FrameEncoder:
         out = {}
         for name, v in ids.items():
             dtype = np.uint8 if self._books[name].shape[0] <= 256 else np.uint16
-            out[name] = np.ascontiguousarray(v.cpu().numpy()[order].astype(dtype))
+            out[name] = v.cpu().numpy().astype(dtype).take(order)
         return out
 
     def _id_payload(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, dict]:
@@ -384,8 +393,12 @@ def _limit(x: torch.Tensor, dist: torch.Tensor) -> float:
     return max(float(dist.mean()), 1e-4 * float(x.var(0, unbiased=False).sum()))
 
 
-def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # [N, D], [N, D] -> [N]
-    return ((x - c) ** 2).sum(1)
+def _sqdist(x: torch.Tensor, books: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Squared distance of each row of x [N, D] to its centroid books[ids] ([K, D], [N]) -> [N]
+    (index_select and in-place arithmetic: a third of the time of books[ids])."""
+    diff = books.index_select(0, ids)
+    torch.sub(x, diff, out=diff)
+    return diff.pow_(2).sum(1)
 
 
 def _check_finite(frame: GaussianFrame) -> None:

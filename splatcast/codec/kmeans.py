@@ -76,7 +76,9 @@ def assign_local(x: torch.Tensor, centroids: torch.Tensor, candidates: torch.Ten
     out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     for s in range(0, x.shape[0], CHUNK):
         cand = candidates[s:s + CHUNK]  # [B, L]
-        d = ((x[s:s + CHUNK, None, :] - centroids[cand]) ** 2).sum(2)  # [B, L]
+        diff = centroids.index_select(0, cand.reshape(-1)).view(*cand.shape, -1)  # [B, L, D]
+        torch.sub(x[s:s + CHUNK, None, :], diff, out=diff)  # in place: half the time of c[cand]
+        d = diff.pow_(2).sum(2)  # [B, L]
         out[s:s + CHUNK] = cand.gather(1, d.argmin(1, keepdim=True))[:, 0]
     return out
 
