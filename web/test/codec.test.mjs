@@ -63,8 +63,7 @@ test("a bad interframe leaves the decoder state unchanged (interframes change it
     while (!bits[k]) k--;
     return 8 * k + 31 - Math.clz32(bits[k]);
   };
-  // The last id change of sh0 leads out of its codebook (earlier rows and all positions are valid);
-  // then moves far beyond the grid.
+  // The last id change of sh0 leads out of its codebook (earlier rows and all positions are valid).
   const values = inter.payload.id_values.sh0.data.slice();
   const old = decoder.state.ids.sh0[lastRow(inter.payload.id_masks.sh0.data)];
   values[values.length - 1] = (255 - old) & 255;
@@ -72,7 +71,11 @@ test("a bad interframe leaves the decoder state unchanged (interframes change it
   const badIds = { ...inter.payload,
     id_values: { ...inter.payload.id_values, sh0: new WireArray(dtype, shape, values, values) } };
   assert.throws(() => decoder.update("interframe", inter.num_gaussians, badIds), /id 255 out of range/);
-  assert.throws(() => decoder.update("interframe", inter.num_gaussians, { ...inter.payload, unit: 2 ** 21 }), /beyond/);
+  // The last moved row leaves the grid (the rows before it have moved by then, and move back).
+  const delta = Int32Array.from(inter.payload.pos_delta.data);
+  delta[delta.length / 3 - 1] += 2 ** 24 / inter.payload.unit;
+  const badMove = { ...inter.payload, pos_delta: new WireArray("<i4", [3, delta.length / 3], delta, delta) };
+  assert.throws(() => decoder.update("interframe", inter.num_gaussians, badMove), /beyond/);
   assert.deepEqual(reconstruct(decoder.state), before);
   // and the good interframe still decodes after the failures
   decoder.update(inter.frame_type, inter.num_gaussians, inter.payload);

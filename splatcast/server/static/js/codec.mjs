@@ -160,13 +160,15 @@ function intra(state, n, p) {
   return { ...state, origin, q, ids: idArrays(n, p, state.codebooks), n, changed: null };
 }
 
-// Interframe changes are applied in place, each by a function run twice: first with
-// write = false to check every change (a bad payload leaves the state unchanged), then to write.
+// Interframe changes are applied in place (no per-frame copies) so that a bad payload leaves
+// the state unchanged: ids are checked in a first pass and written in a second (their changes
+// are sparse); positions are checked as they are written, and moved back if one fails.
 
-/** The k-th set row i of the position mask moves by unit * (running sum of delta[:, 0..k]).
- * The spec's bound on the running sums, |sum| < 2^25, follows from the one checked here,
- * |q| < 2^24 before and after (unit >= 1); so the sums stay exact in float64. */
-function movePositions(q, mask, delta, unit, write) {
+/** Moves the first `limit` set rows of the position mask in place, the k-th one (row i) by unit *
+ * (the running sum of delta[:, 0..k]); stops before a row whose |q| would reach 2^24 and returns
+ * the number of rows moved. The spec's bound on the running sums, |sum| < 2^25, follows from
+ * |q| < 2^24 before and after (unit >= 1), so the sums stay exact in float64. */
+function movePositions(q, mask, delta, unit, limit) {
   const bits = mask.bits, m = mask.count;
   let k = 0, x = 0, y = 0, z = 0;
   for (let byte = 0; byte < bits.length; byte++) {
@@ -174,13 +176,11 @@ function movePositions(q, mask, delta, unit, write) {
       const i = 3 * (8 * byte + 31 - Math.clz32(b & -b));
       x += delta[k]; y += delta[m + k]; z += delta[2 * m + k];
       const qx = q[i] + x * unit, qy = q[i + 1] + y * unit, qz = q[i + 2] + z * unit;
-      if (write) {
-        q[i] = qx; q[i + 1] = qy; q[i + 2] = qz;
-      } else if (!(Math.abs(qx) < MAX_Q && Math.abs(qy) < MAX_Q && Math.abs(qz) < MAX_Q)) {
-        throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
-      }
+      if (k === limit || !(Math.abs(qx) < MAX_Q && Math.abs(qy) < MAX_Q && Math.abs(qz) < MAX_Q)) return k;
+      q[i] = qx; q[i + 1] = qy; q[i + 2] = qz;
     }
   }
+  return k;
 }
 
 /** The k-th set row i of an id mask takes id (ids[i] + values[k]) mod 2^8 or 2^16. */
@@ -211,11 +211,16 @@ function interframe(state, n, p) {
     const want = state.ids[name] instanceof Uint8Array ? "|u1" : "<u2";
     return { name, mask, values: array(values, name, [want], [mask.count], `id_values.${name}`).data };
   });
-  for (const write of [false, true]) {
-    movePositions(state.q, moved, delta, unit, write);
-    for (const { name, mask, values: v } of changes) {
-      changeIds(state.ids[name], mask, v, state.codebooks[name].rows, `id_values.${name}`, write);
-    }
+  for (const { name, mask, values: v } of changes) {
+    changeIds(state.ids[name], mask, v, state.codebooks[name].rows, `id_values.${name}`, false);
+  }
+  const done = movePositions(state.q, moved, delta, unit, moved.count);
+  if (done < moved.count) {
+    movePositions(state.q, moved, delta, -unit, done); // back to the previous positions, exactly
+    throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
+  }
+  for (const { name, mask, values: v } of changes) {
+    changeIds(state.ids[name], mask, v, state.codebooks[name].rows, `id_values.${name}`, true);
   }
   const changedIds = {};
   for (const { name, mask } of changes) changedIds[name] = mask.count ? mask.bits : null;
@@ -234,11 +239,10 @@ function gather(cb, ids, n) {
 
 /** Means of a decoder state: Float32Array [N*3] = origin + float32(q) * step, each operation
  * rounded to float32 as numpy does (products of float32s are exact in float64, and a float64
- * sum of two float32s rounds to the same float32 as a float32 sum). */
-export function stateMeans(state) {
+ * sum of two float32s rounds to the same float32 as a float32 sum); written into `means`. */
+export function stateMeans(state, means = new Float32Array(state.n * 3)) {
   const { n, origin, q } = state;
   const s = Math.fround(state.step);
-  const means = new Float32Array(n * 3);
   for (let i = 0; i < n; i++) {
     means[3 * i] = origin[0] + Math.fround(q[3 * i] * s);
     means[3 * i + 1] = origin[1] + Math.fround(q[3 * i + 1] * s);
