@@ -62,7 +62,8 @@ def upload(http: httpx.Client, name: str, plys: list[Path]) -> str:
 
 
 # Run the viewer's decode worker alone (no rendering) on a page of the server's origin; each
-# pass reconnects and decodes the whole stream again (later passes run warm JIT code).
+# pass reconnects and decodes the whole stream again (later passes run warm JIT code). Frame
+# buffers go back to the worker at once, as the player gives them back once drawn.
 WORKER_ONLY_JS = """async ([url, count, passes]) => {
   const worker = new Worker("/static/js/worker.mjs", {type: "module"});
   await new Promise((resolve) => { worker.onmessage = ({data: m}) => m.kind === "ready" && resolve(); });
@@ -74,6 +75,8 @@ WORKER_ONLY_JS = """async ([url, count, passes]) => {
         if (m.kind === "frame") {
           frames.push({frameType: m.frameType, numGaussians: m.numGaussians, bytes: m.bytes,
                        at: performance.now(), decodeMs: m.decodeMs, ...m.timings});
+          const buffers = [m.packed, ...m.sh].filter(Boolean).map((a) => a.buffer);
+          worker.postMessage({cmd: "recycle", buffers}, buffers); // as the player does once drawn
           if (frames.length === count) resolve(frames);
         } else if (m.kind === "error") reject(new Error(m.message));
       };

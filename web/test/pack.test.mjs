@@ -3,9 +3,9 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { packShBands, packShState, packSplats, packState, SH_C0 } from "../../splatcast/server/static/js/pack.mjs";
+import { packShBands, packSplats, SH_C0, StatePacker } from "../../splatcast/server/static/js/pack.mjs";
 import { decodeStream } from "../../splatcast/server/static/js/protocol.mjs";
-import { FrameDecoder, reconstruct, stateMeans } from "../../splatcast/server/static/js/codec.mjs";
+import { FrameDecoder, reconstruct } from "../../splatcast/server/static/js/codec.mjs";
 
 const VECTORS = fileURLToPath(new URL("../../tests/vectors/", import.meta.url));
 
@@ -57,17 +57,21 @@ test("packShBands matches Spark's encodeSh1Rgb / encodeSh2Rgb / encodeSh3Rgb", {
 });
 
 for (const name of ["codec_tracked", "codec_untracked"]) {
-  test(`packState and packShState (codebook tables) pack ${name} like the float path`,
+  test(`StatePacker (codebook tables, reused buffers) packs ${name} like the float path`,
     { skip: !existsSync(`${VECTORS}${name}.splatcast`) }, () => {
       const decoder = new FrameDecoder();
-      let sh = []; // the newest words of each SH band (null: unchanged since the previous frame)
+      const packer = new StatePacker();
+      const out = new Uint32Array(5000 * 4).fill(0xdeadbeef); // stale words from "another frame"
       for (const m of decodeStream(new Uint8Array(readFileSync(`${VECTORS}${name}.splatcast`)))) {
         if (m.t !== "frame") continue;
         const state = decoder.update(m.frame_type, m.num_gaussians, m.payload);
         const frame = reconstruct(state);
-        assert.deepEqual(packState(state, stateMeans(state)), packSplats(frame));
-        sh = packShState(state).map((words, k) => words ?? sh[k]);
-        assert.deepEqual(sh, packShBands(frame.shN, frame.shDegree));
+        assert.deepEqual(packer.pack(state, out.subarray(0, 4 * state.n)), packSplats(frame));
+        const bands = packShBands(frame.shN, frame.shDegree);
+        bands.forEach((want, k) => {
+          assert.deepEqual(packer.packSh(state, k + 1, out.subarray(0, want.length)), want);
+          assert.deepEqual(packer.packSh(state, k + 1), want);
+        });
       }
     });
 }

@@ -15,9 +15,11 @@
 // little-end first into 2, 4 or 4 words per splat.
 //
 // Every attribute but the centre is a function of one codebook row in the splatcast codec, so
-// `packState` encodes each codebook row once (cached per keyframe) and packs a frame with
+// `StatePacker` encodes each codebook row once (per keyframe) and packs a frame with
 // table look-ups; `packSplats` packs arbitrary float arrays the same way (bit-identical to
 // Spark's own `setPackedSplat`, checked in web/test/pack.test.mjs).
+
+import { stateMeans } from "./codec.mjs";
 
 export const SH_C0 = 0.28209479177387814;
 const LN_SCALE_MIN = -12;
@@ -113,18 +115,19 @@ function toHalfBits(f) {
   return sign | (e << 10) | (frac >> 13);
 }
 
-function halves(values) {
-  if (typeof Float16Array !== "undefined") return new Uint16Array(new Float16Array(values).buffer);
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = toHalfBits(values[i]);
+/** float32 values -> float16 bits (Uint16Array, written into `out`, a new array by default). */
+function halves(values, out = new Uint16Array(values.length)) {
+  if (typeof Float16Array !== "undefined") { // native conversion, without a temporary array
+    new Float16Array(out.buffer, out.byteOffset, values.length).set(values);
+  } else {
+    for (let i = 0; i < values.length; i++) out[i] = toHalfBits(values[i]);
+  }
   return out;
 }
 
-// Pack N splats from float32 means [N*3] and per-attribute row encodings; splat i takes row
-// ids.<group>[i] of each encoding.
-function combine(n, means, enc, ids) {
-  const h = halves(means);
-  const out = new Uint32Array(n * 4);
+// Pack N splats from float16 means [N*3] and per-attribute row encodings into out [N*4]; splat
+// i takes row ids.<group>[i] of each encoding.
+function combine(n, h, enc, ids, out) {
   const { color, alpha, scale, axis, angle } = enc;
   const { sh0, opacity, scale: scaleIds, rotation } = ids;
   for (let i = 0; i < n; i++) {
@@ -144,30 +147,14 @@ function combine(n, means, enc, ids) {
 export function packSplats(frame) {
   const enc = { color: encodeColors(frame.sh0), alpha: encodeAlphas(frame.opacities),
     scale: encodeScales(frame.scales), ...encodeQuats(frame.quats) };
-  const rows = Uint32Array.from({ length: frame.numGaussians }, (_, i) => i);
-  return combine(frame.numGaussians, frame.means, enc, { sh0: rows, opacity: rows, scale: rows, rotation: rows });
-}
-
-const encodedBooks = new WeakMap(); // codebooks object (one per keyframe) -> row encodings
-
-/**
- * Pack a codec decoder state (codec.mjs) and its means (Float32Array [N*3], `stateMeans`)
- * without expanding its codebooks: the same bytes as packSplats(reconstruct(state)).
- * Returns Uint32Array [N*4].
- */
-export function packState(state, means) {
-  const cb = state.codebooks;
-  let enc = encodedBooks.get(cb);
-  if (!enc) {
-    enc = { color: encodeColors(cb.sh0.data), alpha: encodeAlphas(cb.opacity.data),
-      scale: encodeScales(cb.scale.data), ...encodeQuats(cb.rotation.data) };
-    encodedBooks.set(cb, enc);
-  }
-  return combine(state.n, means, enc, state.ids);
+  const n = frame.numGaussians;
+  const rows = Uint32Array.from({ length: n }, (_, i) => i);
+  return combine(n, halves(frame.means), enc, { sh0: rows, opacity: rows, scale: rows, rotation: rows },
+    new Uint32Array(n * 4));
 }
 
 const SH_BITS = [7, 8, 6]; // per band 1..3
-const SH_WORDS = [2, 4, 4];
+export const SH_WORDS = [2, 4, 4]; // Uint32 words per splat of SH band 1..3
 
 /** Band b's coefficients [R * 3(2b+1)] -> Spark's words [R * words]. */
 function encodeShBand(coeffs, b) {
@@ -188,30 +175,56 @@ function encodeShBand(coeffs, b) {
   return out;
 }
 
-const encodedBands = new WeakMap(); // codebooks object -> [words of band 1, 2, 3 rows]
+/** `length` elements of a typed array of `Ctor`: a view of `old` when it is large enough. */
+function reuse(old, Ctor, length) {
+  return old && old.buffer.byteLength >= length * Ctor.BYTES_PER_ELEMENT ? new Ctor(old.buffer, 0, length) : new Ctor(length);
+}
 
 /**
- * Spark's extra SH arrays for a codec decoder state: one Uint32Array per band 1..sh_degree,
- * [N * 2] for band 1 and [N * 4] for bands 2 and 3 (empty list at SH degree 0); null for a
- * band whose ids an interframe left unchanged (the previous frame's words still hold).
+ * Packs codec decoder states (codec.mjs) for Spark without expanding their codebooks: each
+ * codebook row is encoded once per keyframe (the tables are kept until the codebooks change)
+ * and a frame is packed with table look-ups, giving the same words as packSplats and
+ * packShBands of `reconstruct(state)`. Scratch arrays are kept from frame to frame.
  */
-export function packShState(state) {
-  const cb = state.codebooks;
-  let luts = encodedBands.get(cb);
-  if (!luts) {
-    luts = [];
-    for (let b = 1; b <= state.shDegree; b++) luts.push(encodeShBand(cb[`shN_${b}`].data, b));
-    encodedBands.set(cb, luts);
+export class StatePacker {
+  constructor() {
+    this.codebooks = null; // the codebooks that the tables below encode
+    this.rows = null; // per-attribute row encodings
+    this.bands = null; // per SH band 1..degree: Spark's words of every codebook row
+    this.means = null; // scratch: float32 means, their float16 bits
+    this.halves = null;
   }
-  return luts.map((lut, k) => {
-    const words = SH_WORDS[k], ids = state.ids[`shN_${k + 1}`];
-    if (state.changed && !state.changed.ids[`shN_${k + 1}`]) return null;
-    const out = new Uint32Array(state.n * words);
+
+  tables(state) {
+    const cb = state.codebooks;
+    if (cb !== this.codebooks) {
+      this.rows = { color: encodeColors(cb.sh0.data), alpha: encodeAlphas(cb.opacity.data),
+        scale: encodeScales(cb.scale.data), ...encodeQuats(cb.rotation.data) };
+      this.bands = [];
+      for (let b = 1; b <= state.shDegree; b++) this.bands.push(encodeShBand(cb[`shN_${b}`].data, b));
+      this.codebooks = cb;
+    }
+  }
+
+  /** Spark's PackedSplats words of a state: Uint32Array [N*4], written into `out`. */
+  pack(state, out = new Uint32Array(state.n * 4)) {
+    this.tables(state);
+    const n = state.n;
+    this.means = stateMeans(state, reuse(this.means, Float32Array, 3 * n));
+    this.halves = halves(this.means, reuse(this.halves, Uint16Array, 3 * n));
+    return combine(n, this.halves, this.rows, state.ids, out);
+  }
+
+  /** Spark's extra array for SH band b (1..sh_degree) of a state: Uint32Array [N * 2] for
+   * band 1, [N * 4] for bands 2 and 3, written into `out`. */
+  packSh(state, b, out = new Uint32Array(state.n * SH_WORDS[b - 1])) {
+    this.tables(state);
+    const words = SH_WORDS[b - 1], lut = this.bands[b - 1], ids = state.ids[`shN_${b}`];
     for (let i = 0; i < state.n; i++) {
       for (let w = 0; w < words; w++) out[i * words + w] = lut[ids[i] * words + w];
     }
     return out;
-  });
+  }
 }
 
 /** Spark's extra SH arrays for float coefficients shN [N * K * 3] at an SH degree (tests). */

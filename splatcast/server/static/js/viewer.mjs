@@ -105,6 +105,11 @@ worker.onmessage = ({ data: m }) => {
     if (state.decodeLog.length > 1000) state.decodeLog.shift();
     received.push([now, m.bytes]);
     if (m.bounds && !fitted) { renderer.fit(m.bounds); fitted = true; }
+    if (pending) { // never drawn: recycle it, but keep its SH bands where this frame has none
+      const dropped = { packed: pending.packed, sh: pending.sh.map((words, k) => (m.sh[k] ? words : null)) };
+      m.sh = m.sh.map((words, k) => words ?? pending.sh[k]);
+      recycle(dropped);
+    }
     pending = m;
   } else if (m.kind === "skipped") {
     state.framesSkipped += 1;
@@ -120,6 +125,12 @@ worker.onmessage = ({ data: m }) => {
   updateUi();
 };
 worker.onerror = (e) => addError(`worker: ${e.message}`);
+
+// Give a frame's buffers back to the worker, which packs later frames into them.
+function recycle(frame) {
+  const buffers = [frame.packed, ...frame.sh].filter(Boolean).map((a) => a.buffer);
+  worker.postMessage({ cmd: "recycle", buffers }, buffers);
+}
 
 function rate(list, now, value) {
   while (list.length && now - (Array.isArray(list[0]) ? list[0][0] : list[0]) > 1000) list.shift();
@@ -165,7 +176,8 @@ async function loop() {
       if (pending && state.playing) {
         const frame = pending;
         pending = null;
-        await renderer.show(frame);
+        await renderer.show(frame); // copies the words into Spark's arrays
+        recycle(frame);
         state.framesShown += 1;
         state.shownFrameIndex = frame.index;
         drawn.push(performance.now());

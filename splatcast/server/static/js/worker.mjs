@@ -1,7 +1,9 @@
 // Web Worker: WebSocket -> length-prefixed messages -> protocol + codec decode -> Spark packing.
 // The worker posts {kind: "ready"} once loaded (messages sent before that would be lost: the
 // modules await WebAssembly compilation); then the page (viewer.mjs) sends
-// {cmd: "connect", url} / {cmd: "close"}, and the worker posts
+// {cmd: "connect", url} / {cmd: "close"} / {cmd: "recycle", buffers} (the ArrayBuffers of frames
+// it has copied or dropped, transferred back: later frames are packed into them instead of new
+// allocations), and the worker posts
 //   {kind: "open"} | {kind: "header", header} |
 //   {kind: "frame", index, frameType, numGaussians, packed (Uint32Array [N*4]), sh (Spark's
 //    arrays for SH bands 1..degree, null where unchanged since the last frame; packed and sh
@@ -10,12 +12,23 @@
 //   {kind: "error", message} | {kind: "closed", code, reason}.
 import { MessageSplitter, decodeBody } from "./protocol.mjs";
 import { FrameDecoder, stateMeans } from "./codec.mjs";
-import { packShState, packState, robustBounds } from "./pack.mjs";
+import { SH_WORDS, StatePacker, robustBounds } from "./pack.mjs";
 
 let ws = null;
 let splitter = null;
 let decoder = null;
 let needBounds = true;
+const packer = new StatePacker();
+const spare = []; // ArrayBuffers given back by the page (at most MAX_SPARE)
+const MAX_SPARE = 8;
+
+/** A Uint32Array [length] in a spare buffer that is large enough, else in a new one (with 1/8
+ * headroom, so that frames of slowly varying sizes can reuse it). */
+function words(length) {
+  const k = spare.findIndex((b) => b.byteLength >= 4 * length);
+  const buffer = k >= 0 ? spare.splice(k, 1)[0] : new ArrayBuffer(4 * (length + (length >> 3)));
+  return new Uint32Array(buffer, 0, length);
+}
 
 function post(msg, transfer = []) {
   self.postMessage(msg, transfer);
@@ -77,12 +90,15 @@ function handle(body) {
     try {
       const t1 = performance.now();
       const state = decoder.update(msg.frame_type, msg.num_gaussians, msg.payload);
-      const means = stateMeans(state);
       const t2 = performance.now();
-      const packed = packState(state, means);
-      const sh = packShState(state); // null for bands whose ids did not change
+      const packed = packer.pack(state, words(state.n * 4));
+      const sh = [];
+      for (let b = 1; b <= state.shDegree; b++) { // null for bands whose ids did not change
+        const changed = !state.changed || state.changed.ids[`shN_${b}`];
+        sh.push(changed ? packer.packSh(state, b, words(state.n * SH_WORDS[b - 1])) : null);
+      }
       const t3 = performance.now();
-      const bounds = needBounds ? robustBounds(means) : null;
+      const bounds = needBounds ? robustBounds(stateMeans(state)) : null;
       needBounds = false;
       post({
         kind: "frame", index: msg.index, frameType: msg.frame_type,
@@ -103,5 +119,6 @@ function handle(body) {
 self.onmessage = (ev) => {
   if (ev.data.cmd === "connect") connect(ev.data.url);
   else if (ev.data.cmd === "close") disconnect();
+  else if (ev.data.cmd === "recycle") spare.push(...ev.data.buffers.slice(0, MAX_SPARE - spare.length));
 };
 post({ kind: "ready" });
