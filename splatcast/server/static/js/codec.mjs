@@ -110,7 +110,7 @@ function mortonPositions(planes, n) {
 }
 
 function positions(n, p) {
-  const origin = array(p, "origin", ["<f4"], [3], "origin").data;
+  const origin = array(p, "origin", ["<f4"], [3], "origin").data.slice(); // not a view of the message
   need(origin.every(Number.isFinite), "origin must be finite");
   const planes = array(p, "morton", ["|u1"], [null, n], "morton");
   need([1, 2, 4, 8].includes(planes.shape[0]), `morton: ${planes.shape[0]} byte planes, expected 1, 2, 4 or 8`);

@@ -43,7 +43,8 @@ export const DEFAULT_LIMITS = Object.freeze({
 });
 
 /** A typed array with its wire dtype (numpy type string, e.g. "<f4"), shape and raw bytes
- * (an aligned copy of the msgpack bin). `data` views `bytes`, except for float16 ("<f2"),
+ * (the msgpack bin, a view into the decoded message, or an aligned copy of it when its offset
+ * is not a multiple of the item size). `data` views `bytes`, except for float16 ("<f2"),
  * which is widened exactly to a new Float32Array; "|b1" is a Uint8Array of 0/1; 64-bit
  * integers are BigInt64Array / BigUint64Array. */
 export class WireArray {
@@ -243,16 +244,17 @@ function arrayFromWire(m, limits) {
   const count = shape.reduce((p, d) => p * d, 1);
   need(count * itemsize === data.length,
     `array of shape [${shape}] and dtype ${m.dtype} needs ${count * itemsize} bytes, data has ${data.length}`);
-  // msgpack bin fields are views at any offset: copy to an aligned buffer before viewing.
-  const bytes = data.slice();
+  // msgpack bin fields are views into the decompressed message at any offset: typed arrays
+  // view them in place when aligned to the item size, else an aligned copy.
+  const bytes = data.byteOffset % itemsize === 0 ? data : data.slice();
   if (m.dtype === "|b1") need(bytes.every((x) => x <= 1), "bool array bytes must be 0 or 1");
   let typed;
   if (Ctor === null) { // float16 -> exact float32
-    const h = new Uint16Array(bytes.buffer);
+    const h = new Uint16Array(bytes.buffer, bytes.byteOffset, count);
     typed = new Float32Array(count);
     for (let i = 0; i < count; i++) typed[i] = halfToFloat(h[i]);
   } else {
-    typed = new Ctor(bytes.buffer, 0, count);
+    typed = new Ctor(bytes.buffer, bytes.byteOffset, count);
   }
   return new WireArray(m.dtype, shape, bytes, typed);
 }
