@@ -6,7 +6,6 @@ Documented for users in docs/API.md; FastAPI serves the same as OpenAPI at ``/do
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import tarfile
 import tempfile
@@ -162,8 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         response: Response) -> FrameOut:
         """Upload frame ``index`` (the next one); it is encoded and stored before the response."""
         seqs.get(seq_id)
-        body, sha256 = await _read_body(request, settings.max_upload_bytes)
-        result = await seqs.put_frame(seq_id, index, body, sha256)
+        body = await _read_body(request, settings.max_upload_bytes)
+        result = await seqs.put_frame(seq_id, index, body)
         if not result.created:
             response.status_code = 200
         return FrameOut.of(result.record)
@@ -186,9 +185,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if member.size > settings.max_upload_bytes:
                     raise HTTPException(413, f"{member.name}: {member.size} bytes over the limit of "
                                              f"{settings.max_upload_bytes} ({len(frames)} frames stored before it)")
-                body, sha256 = await asyncio.to_thread(_member_bytes, spool, member)
+                body = await asyncio.to_thread(_member_bytes, spool, member)
                 try:
-                    ingested = await seqs.put_frame(seq_id, start + i, body, sha256)
+                    ingested = await seqs.put_frame(seq_id, start + i, body)
                     frames.append(FrameOut.of(ingested.record))
                 except HTTPException as e:
                     raise HTTPException(e.status_code, f"{member.name}: {e.detail} "
@@ -275,15 +274,14 @@ async def _limited_stream(request: Request, limit: int):
         yield chunk
 
 
-async def _read_body(request: Request, limit: int) -> tuple[bytearray, str]:
-    """The whole body (413 over ``limit``) and its SHA-256, hashed while it arrives."""
-    body, digest = bytearray(), hashlib.sha256()
+async def _read_body(request: Request, limit: int) -> bytearray:
+    """The whole body (413 over ``limit``; hashed later, off the event loop: see Sequences.put_frame)."""
+    body = bytearray()
     async for chunk in _limited_stream(request, limit):
         body += chunk
-        digest.update(chunk)
     if not body:
         raise HTTPException(400, "empty body: send one PLY file as application/octet-stream")
-    return body, digest.hexdigest()
+    return body
 
 
 def _ply_members(spool, max_frames: int) -> list[tarfile.TarInfo]:
@@ -299,7 +297,6 @@ def _ply_members(spool, max_frames: int) -> list[tarfile.TarInfo]:
     return sorted(members, key=lambda m: natural_key(m.name))
 
 
-def _member_bytes(spool, member: tarfile.TarInfo) -> tuple[bytes, str]:
+def _member_bytes(spool, member: tarfile.TarInfo) -> bytes:
     spool.seek(member.offset_data)
-    body = spool.read(member.size)
-    return body, hashlib.sha256(body).hexdigest()
+    return spool.read(member.size)
