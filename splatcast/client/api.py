@@ -113,8 +113,9 @@ class SplatcastClient:
     async def upload_frame(self, seq_id: str, index: int, ply: bytes) -> Uploaded:
         """PUT one PLY file as frame ``index``; returns when the server has encoded and stored it."""
         sent_at = time.perf_counter()
-        response = await self._request("PUT", f"/v1/sequences/{seq_id}/frames/{index}", content=ply,
-                                        headers={"Content-Type": "application/octet-stream"})
+        response = await self._request("PUT", f"/v1/sequences/{seq_id}/frames/{index}", content=_pieces(ply),
+                                        headers={"Content-Type": "application/octet-stream",
+                                                 "Content-Length": str(len(ply))})
         return Uploaded(index, response.status_code, sent_at, time.perf_counter(), response.json())
 
     async def upload_frames(self, seq_id: str, plys: Iterable[bytes], start: int = 0, fps: float | None = None,
@@ -208,6 +209,17 @@ class SplatcastClient:
                 yield ReceivedFrame(index=msg.index, frame_type=msg.frame_type, num_gaussians=msg.num_gaussians,
                                     pts=msg.pts, nbytes=nbytes, decode_ms=decode_ms, arrived_at=arrived_at,
                                     decoded_at=decoded_at, frame=frame)
+
+
+UPLOAD_PIECE = 1024 * 1024
+"""Bytes per write of an upload body: one write of a whole 41 MB PLY goes through asyncio's
+transport buffer and takes about 2.5x as long on loopback (~140 vs ~55 ms)."""
+
+
+async def _pieces(data: bytes) -> AsyncIterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), UPLOAD_PIECE):
+        yield view[start:start + UPLOAD_PIECE]
 
 
 class SyncSplatcastClient:
