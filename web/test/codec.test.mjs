@@ -81,3 +81,18 @@ test("a bad interframe leaves the decoder state unchanged (interframes change it
   decoder.update(inter.frame_type, inter.num_gaussians, inter.payload);
   assert.notDeepEqual(reconstruct(decoder.state).means, before.means);
 });
+
+test("morton codes of 2^63 or more are errors", { skip: !existsSync(`${VECTORS}codec_tracked.json`) }, () => {
+  const { frames: [key] } = load("codec_tracked");
+  const { shape: [w, n], data } = key.payload.morton;
+  const overflow = (edit) => {
+    const planes = new Uint8Array(8 * n);
+    planes.set(data); // planes w..7 of every delta are 0
+    edit(planes);
+    const payload = { ...key.payload, morton: new WireArray("|u1", [8, n], planes, planes) };
+    assert.throws(() => new FrameDecoder().decode("keyframe", n, payload), /overflow/);
+  };
+  assert.ok(w <= 8);
+  overflow((p) => { p[7 * n] = 0x80; }); // one delta >= 2^63
+  overflow((p) => { p[7 * n] = 0x40; p[7 * n + 1] = 0x40; }); // two deltas >= 2^62: the code reaches 2^63
+});

@@ -58,6 +58,7 @@ function array(p, key, dtypes, shape, what) {
 }
 
 function checkIds(ids, k, what) {
+  if (k > (ids.BYTES_PER_ELEMENT === 1 ? 0xff : 0xffff)) return; // every value of the dtype is an id
   let max = 0;
   for (let i = 0; i < ids.length; i++) if (ids[i] > max) max = ids[i];
   need(ids.length === 0 || max < k, `${what}: id ${max} out of range for a codebook of ${k}`);
@@ -91,16 +92,18 @@ function mortonPositions(planes, n) {
   const q = new Int32Array(n * 3);
   const p = planes.shape[0];
   const b = planes.data;
-  let lo = 0, hi = 0; // running code as two uint32 halves (codes < 2^63)
+  // The running code as two 32-bit halves, kept as int32 bit patterns (int32 arithmetic keeps
+  // V8 from boxing them as doubles); codes < 2^63, so hi and dhi are never negative.
+  let lo = 0, hi = 0;
   for (let i = 0; i < n; i++) {
     let dlo = b[i], dhi = 0;
     if (p > 1) dlo |= b[n + i] << 8;
-    if (p > 2) dlo = (dlo | (b[2 * n + i] << 16) | (b[3 * n + i] << 24)) >>> 0;
-    if (p > 4) dhi = (b[4 * n + i] | (b[5 * n + i] << 8) | (b[6 * n + i] << 16) | (b[7 * n + i] << 24)) >>> 0;
-    const sum = lo + dlo;
-    lo = sum >>> 0;
-    hi += dhi + (sum > 0xffffffff ? 1 : 0);
-    if (dhi >= 0x80000000 || hi >= 0x80000000) throw new CodecError("morton deltas overflow 63-bit codes");
+    if (p > 2) dlo |= (b[2 * n + i] << 16) | (b[3 * n + i] << 24);
+    if (p > 4) dhi = b[4 * n + i] | (b[5 * n + i] << 8) | (b[6 * n + i] << 16) | (b[7 * n + i] << 24);
+    const carry = (lo >>> 0) + (dlo >>> 0) > 0xffffffff ? 1 : 0;
+    lo = (lo + dlo) | 0;
+    hi = (hi + dhi + carry) | 0; // hi, dhi < 2^31: the sum is < 2^32 and negative here iff >= 2^31
+    if (dhi < 0 || hi < 0) throw new CodecError("morton deltas overflow 63-bit codes");
     // lo holds code bits 0..31, hi bits 32..62: axis a starts at lo bit a and hi bit (a+1)%3.
     q[3 * i] = compact11(lo) | (compact11(hi >>> 1) << 11);
     q[3 * i + 1] = compact11(lo >>> 1) | (compact11(hi >>> 2) << 11);
