@@ -154,7 +154,8 @@ class FrameEncoder:
         err -= state.origin.astype(np.float64)
         err /= float(state.step)
         err -= state.q
-        mask = (np.abs(err) > unit / 2).any(1)  # [N] rows whose error would exceed unit/2 steps
+        over = np.abs(err) > unit / 2  # [N, 3] errors that would exceed unit/2 steps
+        mask = over[:, 0] | over[:, 1] | over[:, 2]  # [N] rows to move (numpy's any(1) is ~10x slower)
         rows = np.flatnonzero(mask)
         moves = np.rint(err.take(rows, axis=0) / unit).astype(np.int64)  # [M, 3]
         if moves.size and np.abs(state.q.take(rows, axis=0) + moves * unit).max() >= MAX_Q:
@@ -337,7 +338,8 @@ def _extent(means: np.ndarray) -> float:
 def _positions(means: np.ndarray, step: float):
     """Grid origin (float32 [3]), Morton order [N] and the sorted codes' differences as
     little-endian byte planes (uint8 [W, N], W = 1, 2, 4 or 8 bytes)."""
-    origin = (means.min(0) if len(means) else np.zeros(3)).astype(np.float32)
+    # per column: numpy's min(0) over [N, 3] is ~10x slower
+    origin = np.array([c.min() if len(c) else 0.0 for c in means.T], np.float32)
     q = np.maximum(np.rint((means - origin.astype(np.float64)) / step), 0)
     if q.size and q.max() >= 2**morton.BITS:
         raise _GridOverflow
