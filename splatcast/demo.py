@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only when frames are made: `splatcast --help` stays fast
+    from splatcast.codec import GaussianFrame
 
 DEFAULT_FRAMES = 30
 
 
 def synthetic_frames(num_frames: int = DEFAULT_FRAMES, num_gaussians: int = 20_000, fps: float = 30.0,
-                     seed: int = 0) -> Iterator["GaussianFrame"]:  # noqa: F821
+                     seed: int = 0) -> Iterator[GaussianFrame]:
     """Yield a tracked sequence: ``num_gaussians`` Gaussians (SH degree 0) on a turning, rippling torus.
 
     Deterministic for a seed. Units: a torus of radius 1 (tube 0.35) around the y axis, turning
