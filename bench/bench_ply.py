@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
+import timeit
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,12 +22,7 @@ SHARED = Path(os.environ.get("SPLATCAST_SHARED", Path(__file__).resolve().parent
 
 
 def best_ms(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
+    return min(timeit.repeat(fn, number=1, repeat=repeat)) * 1000
 
 
 def tiled(frame: GaussianFrame, n: int) -> GaussianFrame:

@@ -10,7 +10,7 @@ second, best of --repeat runs. Usage: python bench/bench_protocol.py [--gaussian
 from __future__ import annotations
 
 import argparse
-import time
+import timeit
 
 import numpy as np
 import zstandard
@@ -41,12 +41,7 @@ def arrays(payload: dict):
 
 
 def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(timeit.repeat(fn, number=1, repeat=repeat))
 
 
 def main() -> None:
