@@ -52,12 +52,16 @@ def bad_vector(error: str):
 
 # ------------------------------------------------------------ raw building blocks (also for tests)
 
-def raw_message(obj, *, content_size: bool = True, checksum: bool = True, level: int = LEVEL) -> bytes:
-    """Length prefix + zstd frame of ``msgpack.packb(obj)``, with no schema checks."""
-    body = msgpack.packb(obj, use_bin_type=True)
+def framed(body: bytes, *, content_size: bool = True, checksum: bool = True, level: int = LEVEL) -> bytes:
+    """Length prefix + zstd frame of `body` (msgpack bytes, valid or not), with no checks."""
     frame = zstandard.ZstdCompressor(level=level, write_content_size=content_size,
                                      write_checksum=checksum).compress(body)
     return len(frame).to_bytes(4, "big") + frame
+
+
+def raw_message(obj, **kw) -> bytes:
+    """`framed` ``msgpack.packb(obj)``, with no schema checks (keywords as `framed`)."""
+    return framed(msgpack.packb(obj, use_bin_type=True), **kw)
 
 
 def forge_content_size(message: bytes, size: int) -> bytes:
@@ -196,9 +200,7 @@ def timestamp_ext() -> bytes:
 
 @bad_vector("SchemaError")
 def non_string_key() -> bytes:
-    body = b"\x82\xa1t\xa3end\x01\x00"  # {"t": "end", 1: 0}
-    frame = zstandard.ZstdCompressor(level=LEVEL).compress(body)
-    return len(frame).to_bytes(4, "big") + frame
+    return framed(b"\x82\xa1t\xa3end\x01\x00", checksum=False)  # {"t": "end", 1: 0}
 
 
 @bad_vector("SchemaError")
