@@ -60,8 +60,8 @@ def upload(args: argparse.Namespace) -> int:
                     bar.set_postfix(type=u.frame["frame_type"], kb=u.frame["bytes"] // 1024,
                                     enc_ms=round(u.frame["encode_ms"]))
                     bar.update()
-                await client.upload_dir(seq["id"], args.input_dir, fps=args.fps if args.live else None,
-                                        progress=progress)
+                await client.upload_frames(seq["id"], (p.read_bytes() for p in files),
+                                           fps=args.fps if args.live else None, progress=progress)
             if not args.no_finish:
                 await client.finish(seq["id"])
             info = await client.get(seq["id"])
