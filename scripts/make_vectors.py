@@ -26,9 +26,9 @@ import msgpack
 import numpy as np
 import zstandard
 
-from splatcast.protocol import (MAGIC, PROTOCOL_VERSION, EndOfStream, ErrorMessage, FrameMessage,
-                                Message, StreamHeader, encode_message)
-from splatcast.protocol.wire import MESSAGE_TAGS
+from splatcast.protocol import (EndOfStream, ErrorMessage, FrameMessage, Message, StreamHeader,
+                                encode_message)
+from splatcast.protocol.wire import message_map
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "vectors"
 LEVEL = 3
@@ -273,11 +273,7 @@ def _json_value(value):
 
 def message_json(msg: Message) -> dict:
     """The decoded msgpack map of `msg` as JSON: arrays become {dtype, shape, sha256, values}."""
-    out = {"t": MESSAGE_TAGS[type(msg)]}
-    if isinstance(msg, StreamHeader):
-        out.update(magic=MAGIC, version=list(PROTOCOL_VERSION))
-    out.update({k: _json_value(v) for k, v in vars(msg).items()})
-    return out
+    return {k: _json_value(v) for k, v in message_map(msg).items()}
 
 
 def build(name: str) -> tuple[bytes, str]:

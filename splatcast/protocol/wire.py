@@ -78,14 +78,8 @@ def encode_message(msg: Message, level: int = 3) -> bytes:
     or a compressed message over 4 GiB - 1, TypeError when `msg` is not a message,
     ValueError for a level over 22.
     """
-    cls = type(msg)
-    if cls not in MESSAGE_TAGS:
-        raise TypeError(f"not a protocol message: {cls.__name__}")
-    wire = {"t": MESSAGE_TAGS[cls]}
-    if cls is StreamHeader:
-        wire.update(magic=MAGIC, version=list(PROTOCOL_VERSION))
-    wire.update((f.name, getattr(msg, f.name)) for f in fields(msg))
-    if cls is FrameMessage:
+    wire = message_map(msg)
+    if type(msg) is FrameMessage:
         wire["payload"] = _payload_to_wire(msg.payload, depth=2)
     try:
         body = msgpack.packb(wire, use_bin_type=True)
@@ -96,6 +90,19 @@ def encode_message(msg: Message, level: int = 3) -> bytes:
     if len(frame) >= 1 << 32:
         raise LimitExceeded(f"compressed message of {len(frame)} bytes does not fit the length prefix")
     return len(frame).to_bytes(PREFIX_BYTES, "big") + frame
+
+
+def message_map(msg: Message) -> dict:
+    """The message's msgpack map with the payload (if any) not yet converted: "t", then a
+    header's "magic" and "version", then the dataclass fields. Raises TypeError for a non-message."""
+    cls = type(msg)
+    if cls not in MESSAGE_TAGS:
+        raise TypeError(f"not a protocol message: {cls.__name__}")
+    wire = {"t": MESSAGE_TAGS[cls]}
+    if cls is StreamHeader:
+        wire.update(magic=MAGIC, version=list(PROTOCOL_VERSION))
+    wire.update((f.name, getattr(msg, f.name)) for f in fields(msg))
+    return wire
 
 
 def _payload_to_wire(value: Payload, depth: int):
