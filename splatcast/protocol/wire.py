@@ -263,9 +263,10 @@ def _array_from_wire(m: dict, depth: int, limits: Limits) -> np.ndarray:
         raise SchemaError(f"array shape must be a list of ints >= 0, got {shape!r:.80}")
     if math.prod(d for d in shape if d) * dtype.itemsize > limits.max_array_bytes:
         raise LimitExceeded(f"array shape {shape} is over max_array_bytes={limits.max_array_bytes}")
-    if math.prod(shape) * dtype.itemsize != len(data):
-        raise SchemaError(f"array of shape {shape} and dtype {dtype.str} needs "
-                          f"{math.prod(shape) * dtype.itemsize} bytes, data has {len(data)}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != len(data):
+        raise SchemaError(f"array of shape {shape} and dtype {dtype.str} needs {nbytes} bytes, "
+                          f"data has {len(data)}")
     array = np.frombuffer(data, dtype).reshape(tuple(shape))
     if dtype.kind == "b" and data and np.frombuffer(data, np.uint8).max() > 1:
         raise SchemaError("bool array bytes must be 0 or 1")
