@@ -16,6 +16,8 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -134,16 +136,21 @@ class SqliteStorage:
     def _path(self, seq_id: str) -> Path:
         return self.streams / f"{seq_id}.splatcast"
 
-    def _write(self, sql: str, *params) -> int:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on exit, rolled back on any exception."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute(sql, params)
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            return cur.rowcount
+
+    def _write(self, sql: str, *params) -> int:
+        with self._transaction() as db:
+            return db.execute(sql, params).rowcount
 
     def create(self, info: SequenceInfo) -> None:
         path = self._path(info.id)
@@ -195,26 +202,19 @@ class SqliteStorage:
         info = self.get(seq_id)
         if info is None:
             raise KeyError(seq_id)
-        start = info.header_bytes + info.frame_bytes
-        if header is not None:
-            if info.frame_count or info.header_bytes:
-                raise ValueError("the header is written with frame 0 only")
-            start = len(header)
-        record.offset, record.length = start, len(message)
-        self._append_bytes(seq_id, start - len(header or b""), (header or b"") + message)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(f"INSERT INTO frames (seq_id, {_FRAME_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                 (seq_id, record.index, record.frame_type, record.num_gaussians, record.raw_bytes,
-                                  record.sha256, record.encode_ms, record.received_at, record.offset, record.length))
-                if header is not None:
-                    self._db.execute("UPDATE sequences SET header_bytes = ?, sh_degree = ? WHERE id = ?",
-                                     (len(header), sh_degree, seq_id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        if header is not None and (info.frame_count or info.header_bytes):
+            raise ValueError("the header is written with frame 0 only")
+        prefix = header or b""
+        offset = info.header_bytes + info.frame_bytes  # 0 when the header comes with frame 0
+        record.offset, record.length = offset + len(prefix), len(message)
+        self._append_bytes(seq_id, offset, prefix + message)
+        with self._transaction() as db:
+            db.execute(f"INSERT INTO frames (seq_id, {_FRAME_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (seq_id, record.index, record.frame_type, record.num_gaussians, record.raw_bytes,
+                        record.sha256, record.encode_ms, record.received_at, record.offset, record.length))
+            if header is not None:
+                db.execute("UPDATE sequences SET header_bytes = ?, sh_degree = ? WHERE id = ?",
+                           (len(header), sh_degree, seq_id))
         return record
 
     def finish(self, seq_id: str, end_message: bytes) -> None:
