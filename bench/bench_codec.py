@@ -33,12 +33,13 @@ from splatcast.protocol import FrameMessage, StreamDecoder, encode_message
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
 
+OUT = "{out}"  # stands for the output directory in a tool's arguments
 SEQUENCES = {  # name -> (tool, args, what)
-    "A": ("animate.py", ["data/scenes/tile_sh3_14k.ply", "--frames", "30"], "tile_sh3_14k, 30 tracked"),
-    "B": ("animate.py", ["data/scenes/playbot_sh2_250k.ply", "--frames", "10", "--jitter", "0.0005"],
+    "A": ("animate.py", ["data/scenes/tile_sh3_14k.ply", OUT, "--frames", "30"], "tile_sh3_14k, 30 tracked"),
+    "B": ("animate.py", ["data/scenes/playbot_sh2_250k.ply", OUT, "--frames", "10", "--jitter", "0.0005"],
           "playbot_sh2_250k, 10 tracked + jitter"),
-    "C": ("animate.py", ["data/scenes/biker_sh0_153k.ply", "--frames", "10"], "biker_sh0_153k, 10 tracked"),
-    "D": ("loot_to_ply.py", ["--count", "30"], "loot 0-29, untracked"),
+    "C": ("animate.py", ["data/scenes/biker_sh0_153k.ply", OUT, "--frames", "10"], "biker_sh0_153k, 10 tracked"),
+    "D": ("loot_to_ply.py", [OUT, "--count", "30"], "loot 0-29, untracked"),
 }
 PEERS = {  # issue 2's table: gsvvcompressor key / inter, splats4d key / inter (B/G)
     "A": ("12.8 / 6.9", "21.6 / 2.35"),
@@ -52,11 +53,7 @@ def generate(name: str, workdir: Path) -> Path:
     out = workdir / name
     if not (out.is_dir() and any(out.glob("*.ply"))):
         tool, args, _ = SEQUENCES[name]
-        args = [str(SHARED / a) if a.startswith("data/") else a for a in args]
-        if tool == "animate.py":
-            args = [args[0], str(out), *args[1:]]
-        else:
-            args = [str(out), *args]
+        args = [str(out) if a == OUT else str(SHARED / a) if a.startswith("data/") else a for a in args]
         subprocess.run([sys.executable, str(SHARED / "tools" / tool), *args], check=True,
                        stdout=subprocess.DEVNULL)
     return out
