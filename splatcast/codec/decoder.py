@@ -24,8 +24,6 @@ channels, coefficient-major), i.e. shN[:, b*b-1 : (b+1)*(b+1)-1, :] flattened.""
 MAX_Q = 2**24
 """Decoded integer coordinates stay in (-MAX_Q, MAX_Q) so they are exact in float32."""
 
-_ID_DTYPES = (np.uint8, np.uint16)
-_UINT = (np.uint8, np.uint16, np.uint32, np.uint64)
 _INT = (np.int8, np.int16, np.int32)
 
 
