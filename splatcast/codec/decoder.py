@@ -32,6 +32,11 @@ def group_names(sh_degree: int) -> list[str]:
     return ["rotation", "scale", "opacity", "sh0"] + [f"shN_{b}" for b in range(1, sh_degree + 1)]
 
 
+def id_dtype(codebook_rows: int) -> type:
+    """The id type of a codebook: uint8 up to 256 entries, uint16 above."""
+    return np.uint8 if codebook_rows <= 256 else np.uint16
+
+
 @dataclass
 class DecoderState:
     """What a decoder keeps between frames (the previous reconstructed frame, in codec order)."""
@@ -208,7 +213,7 @@ def _ids(n: int, p: dict, codebooks: dict[str, np.ndarray]) -> dict[str, np.ndar
     groups, coded = _dict(p, "ids", list(codebooks)), _dict(p, "ids_delta", list(codebooks))
     out = {}
     for name, cb in codebooks.items():
-        want = np.uint8 if cb.shape[0] <= 256 else np.uint16
+        want = id_dtype(cb.shape[0])
         ids = _array(groups, name, (want,), (n,), f"ids.{name}")
         if not isinstance(coded[name], bool):
             raise CodecError(f"ids_delta.{name} must be a bool")

@@ -15,7 +15,7 @@ from scipy.spatial import cKDTree
 
 from splatcast.codec import kmeans, morton
 from splatcast.codec.config import CodecConfig, CodecError
-from splatcast.codec.decoder import MAX_Q, FrameDecoder
+from splatcast.codec.decoder import MAX_Q, FrameDecoder, id_dtype
 from splatcast.codec.frame import GaussianFrame
 
 NN_SAMPLE = 10000
@@ -212,11 +212,8 @@ class FrameEncoder:
 
     def _ids_in_order(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, np.ndarray]:
         """Ids in codec order as uint8 (codebooks <= 256 entries) or uint16."""
-        out = {}
-        for name, v in ids.items():
-            dtype = np.uint8 if self._books[name].shape[0] <= 256 else np.uint16
-            out[name] = v.cpu().numpy().astype(dtype).take(order)
-        return out
+        return {name: v.cpu().numpy().astype(id_dtype(self._books[name].shape[0])).take(order)
+                for name, v in ids.items()}
 
     def _id_payload(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, dict]:
         """``ids`` and ``ids_delta`` fields: per group, the raw ids or their differences from the
