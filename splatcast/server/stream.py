@@ -96,12 +96,15 @@ class _Sender:
         self.seq_id = sub.seq_id
         self.timeout = seqs.settings.send_timeout_s
         self.header_sent = False
+        self.fps = 0.0
+        self.header_bytes = 0  # from the info read in run(); 0 until frame 0 is stored
         self.clock: tuple[float, int] | None = None  # (loop time, index) of the first frame sent
 
     async def run(self, from_start: bool) -> None:
         info = self.storage.get(self.seq_id)  # read after subscribing: nothing falls in between
         if info is None:
             return
+        self.fps, self.header_bytes = info.fps, info.header_bytes
         next_index = 0 if from_start or not info.keyframes else info.keyframes[-1]
         while rows := self.storage.frames(self.seq_id, next_index):
             for batch in _batches(rows, _READ_BYTES):  # one read per batch of consecutive messages
@@ -109,7 +112,7 @@ class _Sender:
                 data = await asyncio.to_thread(self.storage.read, self.seq_id, start,
                                                batch[-1].offset + batch[-1].length - start)
                 for row in batch:
-                    await self.send_frame(row.index, data[row.offset - start:row.offset - start + row.length], info.fps)
+                    await self.send_frame(row.index, data[row.offset - start:row.offset - start + row.length])
                     next_index = row.index + 1
         if info.finished:
             end = self.storage.read(self.seq_id, info.header_bytes + info.frame_bytes, info.end_bytes)
@@ -120,23 +123,23 @@ class _Sender:
             item = await self.sub.get()
             if item.kind == "frame":
                 if item.index == next_index or (item.index > next_index and item.frame_type == "keyframe"):
-                    await self.send_frame(item.index, item.message, info.fps)
+                    await self.send_frame(item.index, item.message)
                     next_index = item.index + 1
                 continue
             await self.send(item.message)
             await self.ws.close(1000 if item.kind == "end" else 1011)
             return
 
-    async def send_frame(self, index: int, data: bytes, fps: float) -> None:
+    async def send_frame(self, index: int, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         if not self.header_sent:
-            info = self.storage.get(self.seq_id)
-            await self.send(self.storage.read(self.seq_id, 0, info.header_bytes))
+            header_bytes = self.header_bytes or self.storage.get(self.seq_id).header_bytes  # frame 0 came live
+            await self.send(self.storage.read(self.seq_id, 0, header_bytes))
             self.header_sent = True
         if self.realtime:
             if self.clock is None:
                 self.clock = (loop.time(), index)
-            delay = self.clock[0] + (index - self.clock[1]) / fps - loop.time()
+            delay = self.clock[0] + (index - self.clock[1]) / self.fps - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
         await self.send(data)
