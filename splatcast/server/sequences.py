@@ -64,8 +64,11 @@ class Sequences:
         return info
 
     def _lock(self, seq_id: str) -> asyncio.Lock:
-        self.get(seq_id)  # 404 before an unknown id gets a lock
-        return self._locks.setdefault(seq_id, asyncio.Lock())
+        lock = self._locks.get(seq_id)
+        if lock is None:  # the callers read the sequence again once they hold the lock
+            self.get(seq_id)  # 404 before an unknown id gets a lock
+            lock = self._locks[seq_id] = asyncio.Lock()
+        return lock
 
     def create(self, name: str, fps: float, codec: dict, seq_id: str | None = None) -> SequenceInfo:
         if seq_id is not None and not re.match(ID_PATTERN, seq_id):
