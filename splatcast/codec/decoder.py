@@ -83,10 +83,11 @@ def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame
     def unchanged(*names: str) -> bool:
         return same_books and all(ids[name] is before.ids[name] for name in names)
 
-    def take(name: str) -> torch.Tensor:  # ids already validated
-        if unchanged(name):
-            return getattr(old, _FIELDS[name])
+    def lookup(name: str) -> torch.Tensor:  # [N, D] codebook rows; ids already validated
         return torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
+
+    def take(name: str) -> torch.Tensor:
+        return getattr(old, _FIELDS[name]) if unchanged(name) else lookup(name)
 
     if same_books and state.q is before.q and state.origin is before.origin:
         means = old.means
@@ -99,9 +100,8 @@ def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame
     if unchanged(*bands):
         shN = old.shN
     else:
-        shN = torch.cat([torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
-                         .view(n, 2 * b + 1, 3) for b, name in enumerate(bands, 1)], 1) \
-            if bands else torch.zeros((n, 0, 3))
+        shN = torch.cat([lookup(name).view(n, 2 * b + 1, 3) for b, name in enumerate(bands, 1)],
+                        1) if bands else torch.zeros((n, 0, 3))
     return GaussianFrame(means=means, scales=take("scale"), quats=take("rotation"),
                          opacities=take("opacity").view(n), sh0=take("sh0"), shN=shN)
 
