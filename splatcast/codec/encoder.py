@@ -104,9 +104,9 @@ class FrameEncoder:
             if not self._drifted():
                 inter = self._interframe(means, ids) if n == state.num_gaussians else None
                 # an intra frame is only tried when an interframe is not clearly smaller
-                if inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n:
-                    candidates.append(self._intra(means, ids))
-                candidates = [c for c in (inter, *candidates) if c is not None]
+                try_intra = inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n
+                intra = self._intra(means, ids) if try_intra else None
+                candidates = [c for c in (inter, intra) if c is not None]
         if candidates:
             _, kind, payload, order = min(candidates)
             self._gop_pos += 1
