@@ -19,6 +19,7 @@ Usage: python scripts/make_codec_vectors.py
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -101,6 +102,7 @@ def write_vector(name: str, frames: list[GaussianFrame], config: CodecConfig, do
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, and no stray arguments
     if not SHARED.is_dir():
         print(f"shared data missing: {SHARED} (set SPLATCAST_SHARED)", file=sys.stderr)
         return 1
