@@ -67,6 +67,9 @@ class FrameEncoder:
     is an intra frame (all data, current codebooks). Otherwise the smaller of an intra frame and
     an interframe (changes against the previous reconstruction, rows matched by input index)
     is sent. Raises ``CodecError`` for a change of SH degree or non-finite values.
+
+    One encoder serves one thread at a time; encoders of different sequences may run in
+    parallel threads (they share no mutable state).
     """
 
     def __init__(self, config: CodecConfig = CodecConfig()) -> None:
@@ -375,12 +378,13 @@ def _arrays(payload: dict):
             yield v
 
 
-_ZSTD = zstandard.ZstdCompressor(level=3)
-
-
 def _size(payload: dict) -> int:
-    """Estimated wire size: zstd of all arrays' bytes (the protocol compresses the same way)."""
-    return len(_ZSTD.compress(b"".join(a.tobytes() for a in _arrays(payload))))
+    """Estimated wire size: zstd of all arrays' bytes (the protocol compresses the same way).
+
+    A compressor per call (about 20 us): zstandard objects must not be shared between threads,
+    and encoders of different sequences run in parallel threads (docs/NOTES.md, "Thread safety
+    of the encode path")."""
+    return len(zstandard.ZstdCompressor(level=3).compress(b"".join(a.tobytes() for a in _arrays(payload))))
 
 
 def _limit(x: torch.Tensor, dist: torch.Tensor) -> float:
