@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException
 
 from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError, read_ply
-from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, StreamHeader, encode_message
+from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, encode_message
 from splatcast.server.hub import Broadcaster, Item
 from splatcast.server.settings import Settings
 from splatcast.server.storage import FrameRecord, SequenceInfo, Storage
@@ -75,7 +75,9 @@ class Sequences:
             raise HTTPException(422, f"invalid sequence id {seq_id!r}: use 1-64 of A-Z a-z 0-9 _ - (not first)")
         try:
             config = CodecConfig.from_dict({**self.settings.codec_defaults, **codec, "device": self.settings.device})
-        except (ValueError, TypeError) as e:
+            StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION, codec_params=config.to_dict(), sh_degree=0,
+                         fps=fps, name=name)  # what frame 0 will write: the wire's own bounds (ints < 2^53)
+        except (ValueError, TypeError, ProtocolError) as e:
             raise HTTPException(422, str(e)) from None
         if len(self.storage.list()) >= self.settings.max_sequences:
             raise HTTPException(429, f"the server already stores {self.settings.max_sequences} sequences")

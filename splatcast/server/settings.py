@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     max_gaussians: int = Field(1_000_000, gt=0, description="Most Gaussians in one frame (413 above).")
     max_frames: int = Field(100_000, gt=0, description="Most frames in one sequence (413 above).")
     max_sequences: int = Field(10_000, gt=0, description="Most stored sequences (429 above).")
+    body_timeout_s: float = Field(30.0, gt=0, description="A request body that sends nothing for this long is "
+                                                          "answered 408 and its connection closed.")
+    header_timeout_s: float = Field(30.0, gt=0, description="A request line and headers not complete this long "
+                                                            "after the request began are answered 408.")
+    max_line_bytes: int = Field(8000, ge=256, le=8000,
+                                description="Longest request target (414 above) and header line (431 above); at "
+                                            "most 8000, below the WebSocket handshake parser's own 8 KiB limit.")
+    max_headers: int = Field(100, ge=8, le=120, description="Most header lines in one request (431 above); at most "
+                                                           "120, below the WebSocket handshake parser's 128.")
     max_subscribers: int = Field(200, gt=0, description="Most live WebSocket subscribers per sequence (429 above).")
     subscriber_queue: int = Field(16, gt=0, description="Frame messages queued per subscriber before it skips "
                                                           "to the next keyframe.")

@@ -8,10 +8,13 @@ bytes past the committed length (a write interrupted by a crash) are cut off by 
 
 ``Storage`` is the interface the server uses; ``SqliteStorage`` the embedded implementation (a
 replicated deployment would put the same interface over a database and object storage).
+Faults of the medium raise ``StorageError`` (``StorageFull`` when the disk is full), and leave
+what was committed before intact and readable, listable and deletable.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -21,6 +24,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+
+class StorageError(Exception):
+    """Storage failed: a server fault (the message says what), not a problem of the request."""
+
+
+class StorageFull(StorageError):
+    """No space left for a write (ENOSPC, EDQUOT, or SQLite's "database or disk is full");
+    nothing of that write was committed."""
+
+
+@contextmanager
+def _faults(what: str) -> Iterator[None]:
+    """Turn a full disk into ``StorageFull`` and other I/O or SQLite failures into ``StorageError``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"no space left on the storage device while {what}") from e
+        raise StorageError(f"I/O error while {what}: {e.strerror or e}") from e
+    except sqlite3.Error as e:
+        if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise StorageFull(f"no space left on the storage device while {what}") from e
+        raise StorageError(f"database error while {what}: {e}") from e
 
 
 @dataclass
@@ -67,7 +94,10 @@ class Storage(Protocol):
     """What the server needs from storage. Sequence ids are validated by the caller."""
 
     def create(self, info: SequenceInfo) -> None:
-        """Store a new sequence; raises ``KeyError`` if the id exists."""
+        """Store a new sequence; raises ``KeyError`` if the id exists.
+
+        Every method raises ``StorageError`` (``StorageFull`` for a full disk) on a storage fault.
+        """
 
     def list(self) -> list[SequenceInfo]: ...
 
@@ -145,7 +175,8 @@ class SqliteStorage:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite already rolled back after some errors (SQLITE_FULL)
+                    self._db.execute("ROLLBACK")
                 raise
 
     def _write(self, sql: str, *params) -> int:
@@ -153,14 +184,15 @@ class SqliteStorage:
             return db.execute(sql, params).rowcount
 
     def create(self, info: SequenceInfo) -> None:
-        path = self._path(info.id)
-        try:
-            self._write("INSERT INTO sequences (id, name, fps, codec, created_at) VALUES (?, ?, ?, ?, ?)",
-                        info.id, info.name, info.fps, json.dumps(info.codec), info.created_at)
-        except sqlite3.IntegrityError:
-            raise KeyError(info.id) from None
-        path.write_bytes(b"")
-        _fsync_dir(self.streams)
+        with _faults(f"creating sequence {info.id}"):
+            try:
+                self._write("INSERT INTO sequences (id, name, fps, codec, created_at) VALUES (?, ?, ?, ?, ?)",
+                            info.id, info.name, info.fps, json.dumps(info.codec), info.created_at)
+            except sqlite3.IntegrityError:
+                raise KeyError(info.id) from None
+        with _faults(f"creating the stream file of {info.id}"):
+            self._path(info.id).write_bytes(b"")  # a crash before this leaves a row without a file: see append
+            _fsync_dir(self.streams)
 
     def _infos(self, where: str, params: tuple) -> list[SequenceInfo]:
         with self._lock:
@@ -184,18 +216,38 @@ class SqliteStorage:
         return found[0] if found else None
 
     def delete(self, seq_id: str) -> bool:
-        if not self._write("DELETE FROM sequences WHERE id = ?", seq_id):
-            return False
-        self._path(seq_id).unlink(missing_ok=True)
-        return True
+        """Remove the row, then the file; on a full disk the file goes first, to make room for the row's delete."""
+        with _faults(f"deleting sequence {seq_id}"):
+            try:
+                deleted = self._write("DELETE FROM sequences WHERE id = ?", seq_id)
+            except sqlite3.Error as e:
+                if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL or self.get(seq_id) is None:
+                    raise
+                self._path(seq_id).unlink(missing_ok=True)
+                deleted = self._write("DELETE FROM sequences WHERE id = ?", seq_id)
+            if deleted:
+                self._path(seq_id).unlink(missing_ok=True)
+        return bool(deleted)
 
     def _append_bytes(self, seq_id: str, offset: int, data: bytes) -> None:
-        with open(self._path(seq_id), "r+b") as f:
-            f.truncate(offset)  # drop bytes of a write that never committed
-            f.seek(offset)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        """Write ``data`` at the committed length ``offset`` and fsync it.
+
+        A missing stream file is created when nothing was committed yet (a crash between the
+        sequence's row and its file); with committed bytes it is a ``StorageError``.
+        """
+        path = self._path(seq_id)
+        with _faults(f"writing the stream of {seq_id}"):
+            try:
+                fd = os.open(path, os.O_RDWR | (os.O_CREAT if offset == 0 else 0), 0o644)
+            except FileNotFoundError:
+                raise StorageError(f"the stream file of {seq_id} is missing ({offset} committed bytes lost); "
+                                   "delete the sequence") from None
+            with open(fd, "r+b") as f:
+                f.truncate(offset)  # drop bytes of a write that never committed
+                f.seek(offset)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
 
     def append(self, seq_id: str, record: FrameRecord, message: bytes, header: bytes | None = None,
                sh_degree: int | None = None) -> FrameRecord:
@@ -208,7 +260,7 @@ class SqliteStorage:
         offset = info.header_bytes + info.frame_bytes  # 0 when the header comes with frame 0
         record.offset, record.length = offset + len(prefix), len(message)
         self._append_bytes(seq_id, offset, prefix + message)
-        with self._transaction() as db:
+        with _faults(f"indexing frame {record.index} of {seq_id}"), self._transaction() as db:
             db.execute(f"INSERT INTO frames (seq_id, {_FRAME_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (seq_id, record.index, record.frame_type, record.num_gaussians, record.raw_bytes,
                         record.sha256, record.encode_ms, record.received_at, record.offset, record.length))
@@ -222,7 +274,8 @@ class SqliteStorage:
         if info is None:
             raise KeyError(seq_id)
         self._append_bytes(seq_id, info.header_bytes + info.frame_bytes, end_message)
-        self._write("UPDATE sequences SET finished = 1, end_bytes = ? WHERE id = ?", len(end_message), seq_id)
+        with _faults(f"finishing {seq_id}"):
+            self._write("UPDATE sequences SET finished = 1, end_bytes = ? WHERE id = ?", len(end_message), seq_id)
 
     def frames(self, seq_id: str, start: int = 0, stop: int | None = None) -> list[FrameRecord]:
         with self._lock:
@@ -231,11 +284,11 @@ class SqliteStorage:
         return [_record(r) for r in rows]
 
     def read(self, seq_id: str, offset: int, length: int) -> bytes:
-        with open(self._path(seq_id), "rb") as f:
+        with _faults(f"reading the stream of {seq_id}"), open(self._path(seq_id), "rb") as f:
             f.seek(offset)
             data = f.read(length)
         if len(data) != length:
-            raise OSError(f"stream of {seq_id} is shorter than its index ({offset}+{length})")
+            raise StorageError(f"the stream file of {seq_id} is shorter than its index ({offset}+{length})")
         return data
 
 
