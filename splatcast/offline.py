@@ -2,8 +2,9 @@
 
 A ``.splatcast`` file is a header message, one frame message per PLY and an end message
 (docs/PROTOCOL.md); the payloads come from ``splatcast.codec.FrameEncoder`` (docs/CODEC.md).
-Invalid input (no PLY files, a bad PLY, a bad or truncated stream) prints ``error: ...`` on
-stderr and returns exit status 1.
+Invalid input (no PLY files, a bad PLY, a bad, empty or truncated stream, bytes after the end
+message) prints ``error: ...`` on stderr, saying after which message a stream went wrong, and
+returns exit status 1.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def register(subparsers) -> None:
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 1
+
+
+_NAMES = {"StreamHeader": "the header", "ErrorMessage": "an error message"}
+
+
+def _fail_after(last, error: Exception) -> int:
+    """Fail with ``error``, met in a stream after its message ``last`` (None: at its start)."""
+    if last is None:
+        return _fail(str(error))
+    index = getattr(last, "index", None)
+    where = f"frame {index}" if index is not None else _NAMES.get(type(last).__name__, "a message")
+    return _fail(f"after {where}: {error}")
 
 
 def encode(args: argparse.Namespace) -> int:
@@ -99,9 +112,9 @@ def decode(args: argparse.Namespace) -> int:
     from splatcast.codec import CODEC_NAME, CODEC_VERSION, FrameDecoder, write_ply
     from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, StreamHeader, read_stream
 
-    decoder, header, frames, bar = FrameDecoder("cpu"), None, 0, None
+    decoder, header, frames, bar, last = FrameDecoder("cpu"), None, 0, None, None
     try:
-        for msg in read_stream(args.input):
+        for msg in read_stream(args.input):  # ends with the end message, or raises
             if isinstance(msg, StreamHeader):
                 if header is not None:
                     return _fail("a second stream header")
@@ -119,17 +132,16 @@ def decode(args: argparse.Namespace) -> int:
                 bar.update()
             elif isinstance(msg, ErrorMessage):
                 return _fail(f"the stream stopped with error {msg.code}: {msg.message}")
-            elif isinstance(msg, EndOfStream):
-                if msg.frame_count != frames:
-                    return _fail(f"end message counts {msg.frame_count} frames, the stream had {frames}")
-                print(f"{frames} frames written to {args.output}")
-                return 0
+            elif isinstance(msg, EndOfStream) and msg.frame_count != frames:
+                return _fail(f"end message counts {msg.frame_count} frames, the stream had {frames}")
+            last = msg
     except (ValueError, OSError) as e:  # ProtocolError, CodecError, I/O
-        return _fail(str(e))
+        return _fail_after(last, e)
     finally:
         if bar is not None:
             bar.close()
-    return _fail("the stream has no end message (truncated?)")
+    print(f"{frames} frames written to {args.output}")
+    return 0
 
 
 def info(args: argparse.Namespace) -> int:
@@ -137,8 +149,9 @@ def info(args: argparse.Namespace) -> int:
 
     counts: dict[str, int] = {}
     total = gaussians = 0
+    last = None
     try:
-        for msg, size in read_stream_sized(args.input):
+        for msg, size in read_stream_sized(args.input):  # ends with the end message, or raises
             total += size
             if isinstance(msg, StreamHeader):
                 print(f"header: codec {msg.codec} v{msg.codec_version}, SH degree {msg.sh_degree}, "
@@ -155,8 +168,9 @@ def info(args: argparse.Namespace) -> int:
                 print(f"end: {msg.frame_count} frames")
             elif isinstance(msg, ErrorMessage):
                 print(f"error message: {msg.code}: {msg.message}")
+            last = msg
     except (ValueError, OSError) as e:  # ProtocolError, I/O
-        return _fail(str(e))
+        return _fail_after(last, e)
     kinds = ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "no frames"
     print(f"total: {total:,} B, {kinds}, {total / max(gaussians, 1):.3f} B/G over {gaussians:,} Gaussians")
     return 0

@@ -10,7 +10,7 @@ import torch
 
 from splatcast.cli import main
 from splatcast.codec import CodecConfig, FrameEncoder, read_ply
-from splatcast.protocol import EndOfStream, StreamHeader, encode_message
+from splatcast.protocol import EndOfStream, StreamHeader, encode_message, read_stream_sized
 
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 ARGS = ["--gop", "3", "--codebook-size", "32", "--device", "cpu"]
@@ -93,3 +93,30 @@ def test_bad_inputs_give_an_error_and_status_1(encoded, tmp_path):
         rc, _, stderr = run(*argv)
         assert rc == 1 and "error: " in stderr, (argv, stderr)
     assert not (tmp_path / "e.splatcast").exists() and not (tmp_path / "e.splatcast.part").exists()
+
+
+def test_empty_cut_and_overlong_streams_fail_and_say_why(encoded, tmp_path):
+    out = encoded[0]
+    data = out.read_bytes()
+    sizes = [n for _, n in read_stream_sized(out)]  # header, 5 frames, end
+    end_at = sum(sizes[:-1])  # where the end message starts
+    cases = {
+        "empty": (b"", "the stream is empty"),
+        "cut before the end message": (data[:end_at],
+                                       "after frame 4: the stream is truncated: it ends without an end message"),
+        "cut after the header": (data[:sizes[0]], "after the header: the stream is truncated: it ends without"),
+        "cut inside frame 4": (data[:end_at - 100], "after frame 3: stream ended inside a message"),
+        "garbage after the end": (data + b"garbage!!", "after frame 4: the end message is followed by 9 more bytes"),
+        "a second stream after the end": (data + data,
+                                          f"after frame 4: the end message is followed by {len(data):,} more bytes"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.splatcast"
+        path.write_bytes(content)
+        for argv in (("info", path), ("decode", path, "-o", tmp_path / name)):
+            rc, stdout, stderr = run(*argv)
+            assert rc == 1 and f"error: {message}" in stderr, (name, argv, stderr)
+            assert "total:" not in stdout and "written" not in stdout  # no summary of a bad stream
+    rc, stdout, _ = run("info", tmp_path / "cut before the end message.splatcast")  # info shows what it read first
+    rows = [line.split() for line in stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert "codec splatcast-vq" in stdout and [r[0] for r in rows] == ["0", "1", "2", "3", "4"]

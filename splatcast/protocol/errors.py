@@ -3,7 +3,8 @@
 ::
 
     ProtocolError(ValueError)      base class: bytes that are not a valid splatcast stream
-    ├── FramingError               length prefix of 0, or the stream ends inside a message
+    ├── FramingError               length prefix of 0, or the stream ends inside a message; a file
+    │                              (read_stream) that is empty, lacks its end message or goes on after it
     ├── LimitExceeded              a size, count or depth over `Limits` (refused before allocating)
     ├── DecompressionError         not exactly one valid zstd frame with its content size
     ├── SchemaError                msgpack that is malformed or does not match the message schema
@@ -22,7 +23,8 @@ class ProtocolError(ValueError):
 
 
 class FramingError(ProtocolError):
-    """The 4-byte length prefix is 0, or the stream ended in the middle of a message."""
+    """The 4-byte length prefix is 0, or the stream ended in the middle of a message; or (files
+    read by `read_stream`) the file is empty, ends without its end message or has bytes after it."""
 
 
 class LimitExceeded(ProtocolError):
