@@ -3,6 +3,7 @@ for a full disk) with a message, never a 5xx, a hang or a crash (issue 8)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from splatcast.codec import ply_files
 from splatcast.protocol import EndOfStream, FrameMessage, StreamDecoder, StreamHeader
@@ -261,3 +263,35 @@ def test_openapi_declares_auth_only_when_a_token_is_set_and_documents_error_answ
     everything = _spec(Settings(data_dir=tmp_path, token="t", protect_reads=True))
     assert everything["paths"]["/v1/sequences"]["get"]["security"]
     assert "401" in everything["paths"]["/v1/sequences/{seq_id}"]["get"]["responses"]
+
+
+# --- fuzzing: no 5xx from any request body ------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats() | st.text(st.characters(codec=None)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+_fields = st.fixed_dictionaries({}, optional={
+    "name": _json, "fps": _json, "id": _json,
+    "codec": st.dictionaries(st.sampled_from(["gop", "codebook_size", "alpha", "step", "tolerance", "seed",
+                                              "device", "other"]), _json, max_size=4)})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_json | _fields, raw=st.binary(max_size=64))
+def test_fuzzed_bodies_never_get_a_5xx(tmp_path, body, raw):
+    app = create_app(Settings(data_dir=tmp_path))
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            created = await c.post("/v1/sequences", content=json.dumps(body).encode("utf-8", "surrogatepass"),
+                                   headers={"Content-Type": "application/json"})
+            raw_post = await c.post("/v1/sequences", content=raw, headers={"Content-Type": "application/json"})
+            sid = created.json()["id"] if created.status_code == 201 else "nope"
+            put = await c.put(f"/v1/sequences/{sid}/frames/0", content=raw)
+            return created, raw_post, put
+
+    for r in asyncio.run(go()):
+        assert r.status_code < 500, r.text
+        if r.status_code >= 400:
+            assert isinstance(r.json()["detail"], str) and r.json()["detail"]
