@@ -11,13 +11,17 @@ Runs ``splatcast serve`` in a subprocess (so the benchmark's clients do not shar
    (``?from=start&pace=realtime``) and counts the subscribers that keep up: every frame
    received, none later than ``--late-ms`` behind the 30 fps schedule (target: >= 50);
 3. uploads loot live (at up to 30 fps: the encoder may be slower) to N subscribers that joined
-   first, and counts those that got every frame, with how much later than the first one.
+   first, and counts those that got every frame, with how much later than the first one;
+4. uploads loot live to ``--concurrent`` sequences at once (each at up to 30 fps, one frame in
+   flight per uploader, each with one subscriber decoding on arrival: the server's encode
+   threads are shared) and prints, per sequence, the upload-to-decode latency (median, p90,
+   max) and the frames per second it got from the first upload to the last decode.
 
 Data comes from ``../shared`` (or ``$SPLATCAST_SHARED``) through its tools, into a temporary
 directory. Figures taken while other work runs on the machine are noisy.
 
     .venv/bin/python bench/bench_server.py [--loot-frames 60] [--playbot-frames 8]
-                                           [--subscribers 10,25,50,100]
+                                           [--subscribers 10,25,50,100] [--concurrent 4]
 """
 
 from __future__ import annotations
@@ -72,9 +76,14 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.3)
 
 
-async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
-    """Upload live at fps with one decoding subscriber; print the per-frame table; return the id."""
-    plys = [p.read_bytes() for p in ply_files(directory)]
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of values: the sorted value at index q x (n - 1), rounded down."""
+    return sorted(values)[int(q * (len(values) - 1))]
+
+
+async def watched_upload(url: str, name: str, plys: list[bytes], fps: float) -> tuple[str, list, list]:
+    """Create a sequence with one subscriber decoding every frame on arrival, upload the PLYs
+    live at up to fps, finish; return (id, the client's Uploaded list, its ReceivedFrame list)."""
     async with SplatcastClient(url) as client:
         sid = (await client.create(name, fps))["id"]
         received = []
@@ -83,21 +92,35 @@ async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
             async for f in client.subscribe(sid, from_start=True):
                 received.append(f)
 
-        async def probe():  # is the server responsive while it encodes?
-            async with httpx.AsyncClient(base_url=url) as http:
-                while True:
-                    t0 = time.perf_counter()
-                    (await http.get("/healthz")).raise_for_status()
-                    health_ms.append((time.perf_counter() - t0) * 1000)
-                    await asyncio.sleep(0.05)
-
-        health_ms: list[float] = []
-        watcher, prober = asyncio.create_task(watch()), asyncio.create_task(probe())
+        watcher = asyncio.create_task(watch())
         await asyncio.sleep(0.3)
         ups = await client.upload_frames(sid, plys, fps=fps)
-        prober.cancel()
         await client.finish(sid)
         await asyncio.wait_for(watcher, 300)
+    return sid, ups, received
+
+
+def latency_ms(upload, frame) -> float:
+    """Upload-to-decode latency of a frame: from the start of its upload to the end of its decode."""
+    return (frame.decoded_at - upload.sent_at) * 1000
+
+
+async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
+    """Upload live at fps with one decoding subscriber; print the per-frame table; return the id."""
+    plys = [p.read_bytes() for p in ply_files(directory)]
+
+    async def probe():  # is the server responsive while it encodes?
+        async with httpx.AsyncClient(base_url=url) as http:
+            while True:
+                t0 = time.perf_counter()
+                (await http.get("/healthz")).raise_for_status()
+                health_ms.append((time.perf_counter() - t0) * 1000)
+                await asyncio.sleep(0.05)
+
+    health_ms: list[float] = []
+    prober = asyncio.create_task(probe())
+    sid, ups, received = await watched_upload(url, name, plys, fps)
+    prober.cancel()
     sent = {u.index: u for u in ups}
     print(f"\n== {name}: {len(plys)} frames uploaded at up to {fps:g} fps, one subscriber decoding on arrival")
     print(f"{'frame':>5} {'type':<10} {'gaussians':>9} {'kbytes':>7} {'encode ms':>9} {'answer ms':>9} "
@@ -105,7 +128,7 @@ async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
     rows = []
     for f in received:
         u = sent[f.index]
-        lat = (f.decoded_at - u.sent_at) * 1000
+        lat = latency_ms(u, f)
         rows.append((f.frame_type, u.frame["encode_ms"], f.decode_ms, lat))
         print(f"{f.index:>5} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>7.1f} "
               f"{u.frame['encode_ms']:>9.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} {f.decode_ms:>9.1f} "
@@ -160,9 +183,29 @@ async def live_fanout(url: str, directory: Path, n: int, fps: float) -> tuple[in
         await client.finish(sid)
         arrivals = [a for a in await asyncio.gather(*subs, return_exceptions=True) if isinstance(a, list)]
     complete = [a for a in arrivals if len(a) == len(plys)]
-    spreads = sorted(t - min(a[i] for a in complete) for a in complete for i, t in enumerate(a))
-    p99 = spreads[int(0.99 * (len(spreads) - 1))] * 1000 if spreads else float("inf")
-    return len(complete), p99, (spreads[-1] * 1000 if spreads else float("inf"))
+    spreads = [t - min(a[i] for a in complete) for a in complete for i, t in enumerate(a)]
+    p99 = percentile(spreads, 0.99) * 1000 if spreads else float("inf")
+    return len(complete), p99, (max(spreads) * 1000 if spreads else float("inf"))
+
+
+async def concurrent_uploads(url: str, directory: Path, n: int, fps: float) -> None:
+    """N sequences uploaded live at once (the same frames), each with one decoding subscriber;
+    print per sequence the frames decoded, frames per second and upload-to-decode latencies."""
+    plys = [p.read_bytes() for p in ply_files(directory)]
+    t0 = time.perf_counter()
+    runs = await asyncio.gather(*(watched_upload(url, f"concurrent-{k}", plys, fps) for k in range(n)))
+    wall = time.perf_counter() - t0
+    print(f"\n== concurrent uploads: {n} loot sequences ({len(plys)} frames each) uploaded live at once at up to "
+          f"{fps:g} fps, one subscriber decoding each ({wall:.1f} s, {n * len(plys) / wall:.1f} frames/s in all)")
+    for k, (_, ups, received) in enumerate(runs):
+        sent = {u.index: u for u in ups}
+        lat = [latency_ms(sent[f.index], f) for f in received]
+        inter = [x for x, f in zip(lat, received) if f.frame_type != "keyframe"]
+        rate = len(received) / (received[-1].decoded_at - ups[0].sent_at)
+        print(f"sequence {k}: {len(received)}/{len(plys)} frames decoded, {rate:.1f} fps; upload->decode "
+              f"median {statistics.median(lat):.0f} ms, p90 {percentile(lat, 0.9):.0f} ms, max {max(lat):.0f} ms; "
+              f"non-keyframes median {statistics.median(inter) if inter else float('nan'):.0f} ms; server encode "
+              f"median {statistics.median(u.frame['encode_ms'] for u in ups):.0f} ms", flush=True)
 
 
 def main() -> None:
@@ -172,6 +215,7 @@ def main() -> None:
     ap.add_argument("--subscribers", default="10,25,50,100")
     ap.add_argument("--live-subscribers", default="50,100", help="subscriber counts for the live fan-out")
     ap.add_argument("--late-ms", type=float, default=100.0, help="lateness that counts as not keeping up")
+    ap.add_argument("--concurrent", type=int, default=4, help="sequences uploaded at once (0 to skip)")
     args = ap.parse_args()
     if not (SHARED / "data/loot_depth7.npz").exists():
         sys.exit(f"shared data missing: {SHARED} (set SPLATCAST_SHARED)")
@@ -194,6 +238,8 @@ def main() -> None:
                 kept, p99, worst = asyncio.run(live_fanout(url, data["loot"], n, 30.0))
                 print(f"{n:>4} subscribers: {kept:>4} got every frame; a frame reached the last subscriber "
                       f"p99 {p99:.0f} ms, max {worst:.0f} ms after the first", flush=True)
+            if args.concurrent:
+                asyncio.run(concurrent_uploads(url, data["loot"], args.concurrent, 30.0))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
