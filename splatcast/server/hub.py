@@ -2,8 +2,9 @@
 
 Each subscriber has a bounded queue of frame messages. When a new frame finds the queue full,
 the subscriber has fallen behind: its queued frames are dropped and it skips every incoming
-frame until the next keyframe, so it never receives a frame whose reference it lacks. Control
-messages (end of stream, error) are always queued. The messages are shared ``bytes`` objects:
+frame until the next keyframe, so it never receives a frame whose reference it lacks; the
+server's sender (``stream.py``) does not wait for that keyframe but calls ``resume`` and goes on
+from the latest stored keyframe. Control messages (end of stream, error) are always queued. The messages are shared ``bytes`` objects:
 a subscriber costs a queue of references, not a copy.
 
 ``Broadcaster`` is the interface the server uses; ``Hub`` the in-process implementation (a
@@ -65,6 +66,16 @@ class Subscription:
             self._frames += 1
         self._queue.append(item)
         self._ready.set()
+
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        """True after the queue overflowed, until a keyframe arrives or ``resume`` is called."""
+        return self._waiting_for_keyframe
+
+    def resume(self) -> None:
+        """Stop waiting for a keyframe and take every new frame again: the server's sender reads the
+        frames it needs up to now from storage instead (from the latest keyframe)."""
+        self._waiting_for_keyframe = False
 
     async def get(self) -> Item:
         """The oldest queued item, waiting for one if the queue is empty."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from functools import partial
 
 import uvicorn
 
 from splatcast.server.app import create_app
 from splatcast.server.settings import Settings
+from splatcast.server.ws_protocol import SplatcastWebSocketProtocol
 
 
 def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Server, socket.socket]:
@@ -18,6 +20,9 @@ def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Se
     No per-message deflate (payloads are zstd already). The listening socket carries
     ``SO_SNDBUF = settings.send_buffer_bytes``, which every accepted connection inherits, so the
     kernel does not hide megabytes of stale frames in front of a slow subscriber.
+    WebSockets run on ``SplatcastWebSocketProtocol`` (uvicorn's sans-I/O protocol plus pings that
+    tell how far a client has read, and a reset of connections still open
+    ``settings.close_timeout_s`` after their handler returned).
     Raises ``OSError`` if the address cannot be bound.
     """
     family, kind, proto, _, address = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
@@ -26,7 +31,9 @@ def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Se
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
     sock.bind(address)
     sock.listen(1024)
-    config = uvicorn.Config(create_app(settings), log_level=log_level, ws_per_message_deflate=False,
+    config = uvicorn.Config(create_app(settings), log_level=log_level,
+                            ws=partial(SplatcastWebSocketProtocol, linger_s=settings.close_timeout_s),
+                            ws_per_message_deflate=False,
                             ws_max_size=64 * 1024, timeout_graceful_shutdown=3)
     return uvicorn.Server(config), sock
 

@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     send_buffer_bytes: int = Field(256 * 1024, gt=0, description="Kernel send buffer of each connection (SO_SNDBUF): "
                                    "small, so a slow subscriber's backlog stays in its queue, where it can skip to a "
                                    "keyframe.")
-    send_timeout_s: float = Field(10.0, gt=0, description="A WebSocket send slower than this drops the subscriber.")
+    max_lag_s: float = Field(2.0, gt=0, description="A subscriber whose client has not yet read what was sent "
+                             "this many seconds ago (its WebSocket ping is unanswered) is sent nothing more until it "
+                             "has; meanwhile its queue fills and it skips to a keyframe.")
+    max_in_flight: int = Field(16, gt=0, description="Most messages sent to a subscriber that its client has not "
+                               "read yet (a WebSocket ping follows each one); the sender waits, its queue fills.")
+    send_timeout_s: float = Field(20.0, gt=0, description="A subscriber that takes no message, or answers no "
+                                  "WebSocket ping, for this long is dropped (close 1008, then reset).")
+    close_timeout_s: float = Field(2.0, gt=0, description="Time a closing WebSocket connection gets to take its "
+                                   "close frame and finish before the server resets it (a client that does not read "
+                                   "cannot hold the socket).")
     codec_defaults: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields applied to new "
                                                                              "sequences unless the request sets them.")

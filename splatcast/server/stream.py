@@ -9,8 +9,19 @@ No gap and no duplicate: the subscriber joins the live fan-out *before* it reads
 index, sends stored frames until it has caught up, and then takes live frames, ignoring those
 it already sent. It only ever moves forward to the next frame or to a keyframe, so it never
 gets a frame whose reference it lacks (a subscriber that fell behind skips to a keyframe).
-A send slower than ``send_timeout_s`` ends the handler without a closing handshake: a client
-that stopped reading would hold a graceful close open.
+
+Slow clients. What a client has not read yet sits mostly where the server cannot see it (its
+kernel receive buffer grows to several MB on loopback, its WebSocket library queues messages),
+so a send finishing says little. The sender therefore follows each message with a WebSocket
+ping (``ws_protocol.Connection.probe``): the client's stack answers it once it has read
+everything before it. While ``max_in_flight`` pings are unanswered, or the oldest was sent over
+``max_lag_s`` ago, the sender sends nothing more; meanwhile the subscriber's queue fills, drops
+its frames (``hub.Subscription``), and the sender goes on from the latest stored keyframe. The
+end or error message is followed by the close only once the client has read everything. A
+client that answers no ping, or takes no message, for ``send_timeout_s`` is dropped: a close
+frame (1008) if it can be written within ``close_timeout_s``, then the connection is reset, so
+a client that never reads cannot hold the socket. Without uvicorn's
+``SplatcastWebSocketProtocol`` (another ASGI server) only the send timeout applies.
 """
 
 from __future__ import annotations
@@ -23,20 +34,21 @@ from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
 from splatcast.protocol import ErrorMessage, encode_message
-from splatcast.server.hub import Subscription, TooManySubscribers
+from splatcast.server.hub import Item, Subscription, TooManySubscribers
 from splatcast.server.sequences import Sequences
 from splatcast.server.storage import FrameRecord
+from splatcast.server.ws_protocol import EXTENSION, Connection
 
 log = logging.getLogger("splatcast.server")
 _READ_BYTES = 4 * 1024 * 1024  # stored frames are read from the stream file in batches of about this size
 
 
 class SendTimeout(Exception):
-    """The subscriber did not take a message within ``send_timeout_s``."""
+    """The subscriber took no message, or answered no ping, within ``send_timeout_s``."""
 
 
 async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_start: bool, realtime: bool) -> None:
-    """Run one subscriber until the stream ends, the client leaves, or a send times out."""
+    """Run one subscriber until the stream ends, the client leaves, or it is dropped as too slow."""
     settings = seqs.settings
     if seqs.storage.get(seq_id) is None:
         await ws.send_denial_response(JSONResponse({"detail": f"no sequence {seq_id!r}"}, 404))
@@ -57,7 +69,8 @@ async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_sta
         exc = sender.exception() if sender in done else None
         if exc is not None and watcher not in done and not isinstance(exc, WebSocketDisconnect):
             if isinstance(exc, SendTimeout):
-                log.warning("dropped a subscriber of %s: a send took over %.1f s", seq_id, settings.send_timeout_s)
+                log.warning("dropped a subscriber of %s: %s", seq_id, exc)
+                await _drop(ws, "too slow", settings.close_timeout_s)
             else:
                 log.error("stream of %s failed", seq_id, exc_info=exc)
                 await _close_with_error(ws, "internal", f"{type(exc).__name__}: {exc}", settings.send_timeout_s)
@@ -78,6 +91,23 @@ async def _close_with_error(ws: WebSocket, code: str, message: str, timeout: flo
         pass
 
 
+async def _drop(ws: WebSocket, reason: str, timeout: float) -> None:
+    """Close with 1008 if the close frame is written within ``timeout``; reset the connection at once
+    if it is not, else ``timeout`` seconds later if the client has not completed the close by then."""
+    try:
+        await asyncio.wait_for(ws.close(1008, reason), timeout)
+        delay = timeout
+    except (TimeoutError, OSError, RuntimeError):  # not writable in time, or already gone (uvicorn, starlette)
+        delay = 0.0
+    conn = _connection(ws)
+    if conn is not None:
+        conn.abort(delay)
+
+
+def _connection(ws: WebSocket) -> Connection | None:
+    return ws.scope.get("extensions", {}).get(EXTENSION)
+
+
 def _batches(rows: list[FrameRecord], max_bytes: int) -> Iterator[list[FrameRecord]]:
     """Consecutive rows in groups of at most ``max_bytes`` (a single larger row stays alone)."""
     batch: list[FrameRecord] = []
@@ -94,8 +124,12 @@ class _Sender:
     def __init__(self, ws: WebSocket, seqs: Sequences, sub: Subscription, realtime: bool) -> None:
         self.ws, self.storage, self.sub, self.realtime = ws, seqs.storage, sub, realtime
         self.seq_id = sub.seq_id
+        self.conn = _connection(ws)
         self.timeout = seqs.settings.send_timeout_s
+        self.max_lag = seqs.settings.max_lag_s
+        self.max_in_flight = seqs.settings.max_in_flight
         self.header_sent = False
+        self.next_index = 0  # the frame the subscriber needs next (or any later keyframe)
         self.fps = 0.0
         self.header_bytes = 0  # from the info read in run(); 0 until frame 0 is stored
         self.clock: tuple[float, int] | None = None  # (loop time, index) of the first frame sent
@@ -105,30 +139,51 @@ class _Sender:
         if info is None:
             return
         self.fps, self.header_bytes = info.fps, info.header_bytes
-        next_index = 0 if from_start or not info.keyframes else info.keyframes[-1]
-        while rows := self.storage.frames(self.seq_id, next_index):
+        self.next_index = 0 if from_start or not info.keyframes else info.keyframes[-1]
+        await self.send_stored()
+        if info.finished:
+            end = self.storage.read(self.seq_id, info.header_bytes + info.frame_bytes, info.end_bytes)
+            await self.finish(end, 1000)
+            return
+        while True:
+            if self.sub.waiting_for_keyframe:  # its queue overflowed: go on from the stream file instead
+                self.sub.resume()  # before reading the index, as when joining: no gap, duplicates ignored
+                info = self.storage.get(self.seq_id)
+                if info is not None and info.keyframes:
+                    self.next_index = max(self.next_index, info.keyframes[-1])
+                await self.send_stored()
+                continue
+            item = await self.next_item()
+            if item.kind == "frame":
+                if item.index == self.next_index or (item.index > self.next_index and item.frame_type == "keyframe"):
+                    await self.send_frame(item.index, item.message)
+                    self.next_index = item.index + 1
+                continue
+            await self.finish(item.message, 1000 if item.kind == "end" else 1011)
+            return
+
+    async def send_stored(self) -> None:
+        """Send the stored frames from ``next_index`` on, until the stored index has no more."""
+        while rows := self.storage.frames(self.seq_id, self.next_index):
             for batch in _batches(rows, _READ_BYTES):  # one read per batch of consecutive messages
                 start = batch[0].offset
                 data = await asyncio.to_thread(self.storage.read, self.seq_id, start,
                                                batch[-1].offset + batch[-1].length - start)
                 for row in batch:
                     await self.send_frame(row.index, data[row.offset - start:row.offset - start + row.length])
-                    next_index = row.index + 1
-        if info.finished:
-            end = self.storage.read(self.seq_id, info.header_bytes + info.frame_bytes, info.end_bytes)
-            await self.send(end)
-            await self.ws.close(1000)
-            return
-        while True:
-            item = await self.sub.get()
-            if item.kind == "frame":
-                if item.index == next_index or (item.index > next_index and item.frame_type == "keyframe"):
-                    await self.send_frame(item.index, item.message)
-                    next_index = item.index + 1
-                continue
-            await self.send(item.message)
-            await self.ws.close(1000 if item.kind == "end" else 1011)
-            return
+                    self.next_index = row.index + 1
+
+    async def next_item(self) -> Item:
+        """The next live item; ``SendTimeout`` if meanwhile a probe gets ``send_timeout_s`` old."""
+        while self.conn is not None and self.conn.in_flight:
+            remaining = self.timeout - self.conn.unanswered_for()
+            if remaining <= 0:
+                raise SendTimeout(f"the client answered no ping for {self.timeout:g} s")
+            try:
+                return await asyncio.wait_for(self.sub.get(), remaining)
+            except TimeoutError:
+                pass
+        return await self.sub.get()
 
     async def send_frame(self, index: int, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -145,7 +200,32 @@ class _Sender:
         await self.send(data)
 
     async def send(self, data: bytes) -> None:
+        """Send one message once the client is close enough behind, then probe behind it.
+
+        Close enough: fewer than ``max_in_flight`` messages unread, the oldest sent at most
+        ``max_lag_s`` ago. Raises ``SendTimeout`` when the client answers no probe, or takes no
+        message, for ``send_timeout_s``.
+        """
+        while self.conn is not None and self.conn.in_flight and (
+                self.conn.in_flight >= self.max_in_flight or self.conn.unanswered_for() > self.max_lag):
+            await self.client_progress()
         try:
             await asyncio.wait_for(self.ws.send_bytes(data), self.timeout)
         except TimeoutError:
-            raise SendTimeout() from None
+            raise SendTimeout(f"a send took over {self.timeout:g} s") from None
+        if self.conn is not None:
+            self.conn.probe()
+
+    async def client_progress(self) -> None:
+        """Wait until the client answers a probe; ``SendTimeout`` once the oldest is ``send_timeout_s`` old."""
+        try:
+            await self.conn.answer(self.timeout - self.conn.unanswered_for())
+        except TimeoutError:
+            raise SendTimeout(f"the client answered no ping for {self.timeout:g} s") from None
+
+    async def finish(self, message: bytes, code: int) -> None:
+        """Send the last message, wait until the client has read everything, and close with ``code``."""
+        await self.send(message)
+        while self.conn is not None and self.conn.in_flight:
+            await self.client_progress()
+        await self.ws.close(code)
