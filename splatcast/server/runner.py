@@ -10,6 +10,7 @@ from functools import partial
 import uvicorn
 
 from splatcast.server.app import create_app
+from splatcast.server.http_limits import http_protocol
 from splatcast.server.settings import Settings
 from splatcast.server.ws_protocol import SplatcastWebSocketProtocol
 
@@ -19,7 +20,8 @@ def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Se
 
     No per-message deflate (payloads are zstd already). The listening socket carries
     ``SO_SNDBUF = settings.send_buffer_bytes``, which every accepted connection inherits, so the
-    kernel does not hide megabytes of stale frames in front of a slow subscriber.
+    kernel does not hide megabytes of stale frames in front of a slow subscriber. Request heads are
+    bounded in size, count and time (``splatcast.server.http_limits``).
     WebSockets run on ``SplatcastWebSocketProtocol`` (uvicorn's sans-I/O protocol plus pings that
     tell how far a client has read, and a reset of connections still open
     ``settings.close_timeout_s`` after their handler returned).
@@ -31,7 +33,7 @@ def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Se
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
     sock.bind(address)
     sock.listen(1024)
-    config = uvicorn.Config(create_app(settings), log_level=log_level,
+    config = uvicorn.Config(create_app(settings), log_level=log_level, http=http_protocol(settings),
                             ws=partial(SplatcastWebSocketProtocol, linger_s=settings.close_timeout_s),
                             ws_per_message_deflate=False,
                             ws_max_size=64 * 1024, timeout_graceful_shutdown=3)
