@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,10 +17,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from splatcast import __version__
 from splatcast.server.errors import NotFound, ServerError
 from splatcast.server.hub import Hub
+from splatcast.server.logs import event
+from splatcast.server.metrics import Metrics
 from splatcast.server.routes import add_routes
 from splatcast.server.sequences import Sequences
 from splatcast.server.settings import Settings
@@ -43,7 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application over ``settings.data_dir`` (created if missing)."""
     settings = settings or Settings()
     storage = SqliteStorage(settings.data_dir)
-    seqs = Sequences(settings, storage, Hub())
+    metrics = Metrics()
+    seqs = Sequences(settings, storage, Hub(), metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,11 +57,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage.close()
 
     app = FastAPI(title="splatcast", version=__version__, lifespan=lifespan, description=_DESCRIPTION)
-    app.state.settings, app.state.sequences = settings, seqs
+    app.state.settings, app.state.sequences, app.state.metrics = settings, seqs, metrics
+    app.add_middleware(RequestLog, metrics=metrics)
     _add_error_handlers(app)
     add_routes(app, settings)
     _add_viewer(app, seqs)
     return app
+
+
+class RequestLog:
+    """ASGI middleware: one ``request`` log event and the request metrics per HTTP request.
+
+    Fields: ``method``, ``path``, ``route`` (the template, e.g. ``/v1/sequences/{seq_id}``),
+    ``status``, ``ms``, ``client``. WebSocket sessions log their own ``subscriber`` events.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            seconds = time.perf_counter() - t0
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.request_seconds.labels(scope["method"], route).observe(seconds)
+            client = scope.get("client")
+            event(log, "request", method=scope["method"], path=scope["path"], route=route, status=status,
+                  ms=round(seconds * 1000, 1), client=f"{client[0]}:{client[1]}" if client else None)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -19,6 +19,7 @@ from typing import IO, Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Path as PathParam, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splatcast.codec import natural_key
 from splatcast.server.errors import BadRequest, RequestTimeout, ServerError, TooLarge, Unauthorized
@@ -92,6 +93,11 @@ def _read_auth(settings: Config, cred: Annotated[HTTPAuthorizationCredentials | 
 
 def healthz() -> HealthOut:
     return HealthOut(status="ok")
+
+
+def metrics(request: Request) -> Response:
+    """Prometheus metrics of this server (text exposition format; names in docs/API.md)."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _out(seqs: Sequences, info: SequenceInfo) -> SequenceOut:
@@ -203,6 +209,9 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     r401 = (401,) if reads else ()
     api = app.add_api_route
     api("/healthz", healthz, methods=["GET"], tags=["health"])
+    api("/metrics", metrics, methods=["GET"], dependencies=reads, tags=["health"], response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."},
+                   **_errors(*r401)})
     api("/v1/sequences", create_sequence, methods=["POST"], status_code=201, dependencies=writes,
         tags=["sequences"], responses=_errors(*w401, 409, 422, 429, 507))
     api("/v1/sequences", list_sequences, methods=["GET"], dependencies=reads, tags=["sequences"],

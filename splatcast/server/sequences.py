@@ -25,6 +25,7 @@ from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, 
 from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, encode_message
 from splatcast.server.errors import BadRequest, Conflict, Invalid, NotFound, TooLarge, TooMany
 from splatcast.server.hub import Broadcaster, Item
+from splatcast.server.metrics import Metrics
 from splatcast.server.settings import Settings
 from splatcast.server.storage import FrameRecord, SequenceInfo, Storage
 
@@ -43,10 +44,11 @@ class Sequences:
     """The server's operations on sequences; refusals raise ``splatcast.server.errors.ServerError``
     subclasses with a clear message (storage faults: ``StorageError``)."""
 
-    def __init__(self, settings: Settings, storage: Storage, hub: Broadcaster) -> None:
+    def __init__(self, settings: Settings, storage: Storage, hub: Broadcaster, metrics: Metrics) -> None:
         self.settings = settings
         self.storage = storage
         self.hub = hub
+        self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
         self._encoders: dict[str, FrameEncoder] = {}
         self._pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="splatcast-encode")
@@ -98,7 +100,21 @@ class Sequences:
 
         ``body`` is one PLY file; its SHA-256 (stored, compared for retries) is computed in a
         thread of its own while the frame is parsed and encoded (41 MB take about 40 ms).
+        Refusals: ``NotFound``, ``Conflict``, ``TooLarge``, ``BadRequest``, ``Invalid``,
+        ``StorageError``.
         """
+        self.metrics.encode_pending.inc()
+        try:
+            ingested = await self._put_frame(seq_id, index, body)
+        except Exception:
+            self.metrics.frame_uploads.labels("refused").inc()
+            raise
+        finally:
+            self.metrics.encode_pending.dec()
+        self.metrics.frame_uploads.labels("stored" if ingested.created else "retry").inc()
+        return ingested
+
+    async def _put_frame(self, seq_id: str, index: int, body: bytes | bytearray) -> Ingested:
         async with await self._lock(seq_id):
             digest = self._hasher.submit(_sha256, body)
             info = await asyncio.to_thread(self.get, seq_id)
@@ -124,10 +140,12 @@ class Sequences:
     def _encode_and_store(self, info: SequenceInfo, index: int, body: bytes | bytearray,
                           digest: Future[str]) -> tuple[FrameRecord, bytes]:
         received_at = time.time()
+        t0 = time.perf_counter()
         try:
             frame = read_ply(body)
         except PlyError as e:
             raise BadRequest(f"bad PLY: {e}") from None
+        self.metrics.parse_seconds.observe(time.perf_counter() - t0)
         if frame.num_gaussians > self.settings.max_gaussians:
             raise TooLarge(f"{frame.num_gaussians} Gaussians over the limit of {self.settings.max_gaussians}")
         if info.sh_degree is not None and frame.sh_degree != info.sh_degree:
@@ -139,6 +157,7 @@ class Sequences:
         except CodecError as e:
             raise Invalid(f"cannot encode frame {index}: {e}") from None
         encode_ms = (time.perf_counter() - t0) * 1000
+        self.metrics.encode_seconds.labels(encoded.frame_type).observe(encode_ms / 1000)
         message = encode_message(FrameMessage(index=index, pts=index / info.fps, frame_type=encoded.frame_type,
                                               num_gaussians=encoded.num_gaussians, payload=encoded.payload))
         header = None
@@ -151,6 +170,7 @@ class Sequences:
                              received_at=received_at)
         record = self.storage.append(info.id, record, message, header=header, sh_degree=frame.sh_degree)
         self._encoders[info.id] = encoder  # trusted again: everything it encoded is stored
+        self.metrics.frames_encoded.labels(record.frame_type).inc()
         return record, message
 
     async def finish(self, seq_id: str) -> SequenceInfo:

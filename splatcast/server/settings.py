@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,5 +50,9 @@ class Settings(BaseSettings):
                                    "small, so a slow subscriber's backlog stays in its queue, where it can skip to a "
                                    "keyframe.")
     send_timeout_s: float = Field(10.0, gt=0, description="A WebSocket send slower than this drops the subscriber.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Level of the splatcast and uvicorn loggers.")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text (key=value fields) or "
+                                                                     "JSON objects, one per line, on stderr.")
     codec_defaults: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields applied to new "
                                                                              "sequences unless the request sets them.")
