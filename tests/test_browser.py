@@ -142,7 +142,7 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
 def server_on_port(settings: Settings, port: int):
     """A real server on 127.0.0.1:port (0: a free one) in a thread; yields its URL. Unlike
     BackgroundServer it can come back on the port of one that was stopped."""
-    server, sock = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": port}), "warning")
+    server, sock = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": port, "log_level": "warning"}))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -6,13 +6,16 @@ environment, only the address, data directory and number of frames changed.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,15 +31,43 @@ def test_compose_structure():
     assert "8000:8000" in server["ports"]
     volume = server["volumes"][0].split(":")
     assert volume[1] == server["environment"]["SPLATCAST_DATA_DIR"] and volume[0] in compose()["volumes"]
-    assert "/healthz" in " ".join(server["healthcheck"]["test"])
+    assert "healthcheck" not in server and "/healthz" in " ".join(dockerfile_healthcheck())  # the image's
     for client in (producer, viewer):
         assert client["depends_on"]["server"]["condition"] == "service_healthy"
         assert client["environment"]["SERVER"] == "http://server:8000"
     assert gpu["profiles"] == ["gpu"] and "--device" in gpu["command"]
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "name" not in compose()  # Compose v1 refuses a top-level name
+    for client in (producer, viewer):  # `docker compose up` builds every service's image
+        assert client["build"] == server["build"] and client["image"] == server["image"]
+        assert client["healthcheck"] == {"disable": True}
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "torch==2.13.0" in dockerfile
+    assert '".[server,client]"' in dockerfile and "COPY pyproject.toml README.md LICENSE" in dockerfile
+    user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert user and user[-1] not in ("root", "0")
+
+
+def test_compose_file_validates_with_docker_compose_where_available():
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        probe = subprocess.run([*command, "version"], capture_output=True)
+        if probe.returncode != 0:
+            continue
+        done = subprocess.run([*command, "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return
+    pytest.skip("neither `docker compose` nor `docker-compose` is installed here")
+
+
+def dockerfile_healthcheck() -> list[str]:
+    """The exec-form command of the Dockerfile's HEALTHCHECK."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith("HEALTHCHECK ")]
+    return json.loads(line.split(" CMD ", 1)[1])
 
 
 def free_port() -> int:
@@ -63,7 +94,7 @@ def test_compose_commands_run_outside_docker(tmp_path):
                               stderr=subprocess.DEVNULL)
     viewer = None
     try:
-        health = services["server"]["healthcheck"]["test"][1:]  # after "CMD"
+        health = dockerfile_healthcheck()
         deadline = time.monotonic() + 60
         while subprocess.run(health, env=server_env, capture_output=True).returncode != 0:
             assert server.poll() is None and time.monotonic() < deadline, "server never became healthy"

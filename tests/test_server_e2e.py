@@ -20,6 +20,7 @@ import pytest
 import torch
 from websockets.asyncio.client import connect
 
+import splatcast
 from splatcast.cli import main as splatcast_main
 from splatcast.client.api import SplatcastClient, SplatcastError, StreamError
 from splatcast.codec import FrameDecoder, GaussianFrame, ply_files, read_ply
@@ -334,9 +335,12 @@ def test_openapi_documents_the_api_and_the_viewer_pages_are_served(tmp_path):
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            return [await c.get(p) for p in ("/openapi.json", "/", "/view/abc123")]
+            await c.post("/v1/sequences", json={"id": "abc123"})
+            return [await c.get(p) for p in ("/openapi.json", "/", "/view/abc123", "/view/nope")]
 
-    spec, index, view = asyncio.run(go())
+    spec, index, view, unknown = asyncio.run(go())
+    assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
+    assert spec.json()["info"]["version"] == splatcast.__version__
     paths = spec.json()["paths"]
     for path in ("/v1/sequences", "/v1/sequences/{seq_id}", "/v1/sequences/{seq_id}/frames/{index}",
                  "/v1/sequences/{seq_id}/frames", "/v1/sequences/{seq_id}/finish",

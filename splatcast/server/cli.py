@@ -13,6 +13,11 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, help="TCP port (default 8000, SPLATCAST_PORT)")
     p.add_argument("--data-dir", help="where sequences are stored (default ./data, SPLATCAST_DATA_DIR)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="encoding device (default auto)")
+    p.add_argument("--token", help="bearer token every write needs (default: open; SPLATCAST_TOKEN)")
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"),
+                   help="log level (default info, SPLATCAST_LOG_LEVEL)")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="log lines as text or JSON on stderr (default text, SPLATCAST_LOG_FORMAT)")
     p.set_defaults(func=run)
 
 
@@ -20,8 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from splatcast.server.runner import make_server
     from splatcast.server.settings import Settings
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir),
-                                   ("device", args.device)) if v is not None}
+    overrides = {k: v for k in ("host", "port", "data_dir", "device", "token", "log_level", "log_format")
+                 if (v := getattr(args, k)) is not None}
     settings = Settings(**overrides)
     server, sock = make_server(settings)
     host, port = sock.getsockname()[:2]

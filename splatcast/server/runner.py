@@ -11,11 +11,12 @@ import uvicorn
 
 from splatcast.server.app import create_app
 from splatcast.server.http_limits import http_protocol
+from splatcast.server.logs import log_config
 from splatcast.server.settings import Settings
 from splatcast.server.ws_protocol import SplatcastWebSocketProtocol
 
 
-def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Server, socket.socket]:
+def make_server(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
     """A uvicorn server for ``create_app(settings)`` and its listening socket on ``settings.host:port``.
 
     No per-message deflate (payloads are zstd already). The listening socket carries
@@ -25,6 +26,7 @@ def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Se
     WebSockets run on ``SplatcastWebSocketProtocol`` (uvicorn's sans-I/O protocol plus pings that
     tell how far a client has read, and a reset of connections still open
     ``settings.close_timeout_s`` after their handler returned).
+    Logs go to stderr in ``settings.log_format`` at ``settings.log_level`` (``logs.log_config``).
     Raises ``OSError`` if the address cannot be bound.
     """
     family, kind, proto, _, address = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
@@ -33,7 +35,8 @@ def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Se
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
     sock.bind(address)
     sock.listen(1024)
-    config = uvicorn.Config(create_app(settings), log_level=log_level, http=http_protocol(settings),
+    config = uvicorn.Config(create_app(settings), log_config=log_config(settings.log_level, settings.log_format),
+                            access_log=False, http=http_protocol(settings),
                             ws=partial(SplatcastWebSocketProtocol, linger_s=settings.close_timeout_s),
                             ws_per_message_deflate=False,
                             ws_max_size=64 * 1024, timeout_graceful_shutdown=3)
@@ -43,13 +46,16 @@ def make_server(settings: Settings, log_level: str = "info") -> tuple[uvicorn.Se
 class BackgroundServer:
     """A real uvicorn server in a daemon thread on a free loopback port; use as a context manager.
 
+    It logs warnings and errors only, unless ``settings.log_level`` was set explicitly.
+
     ``url`` is ``http://127.0.0.1:<port>``. Leaving the context stops the server (and its
     WebSocket streams) and waits for the thread. Raises ``RuntimeError`` if it does not start
     within ``start_timeout`` seconds.
     """
 
-    def __init__(self, settings: Settings, log_level: str = "warning", start_timeout: float = 30.0) -> None:
-        self.server, self.sock = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": 0}), log_level)
+    def __init__(self, settings: Settings, start_timeout: float = 30.0) -> None:
+        quiet = {} if "log_level" in settings.model_fields_set else {"log_level": "warning"}
+        self.server, self.sock = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": 0, **quiet}))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.start_timeout = start_timeout
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},

@@ -21,11 +21,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from fastapi import HTTPException
-
 from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError, read_ply
 from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, encode_message
+from splatcast.server.errors import BadRequest, Conflict, Invalid, NotFound, TooLarge, TooMany
 from splatcast.server.hub import Broadcaster, Item
+from splatcast.server.metrics import Metrics
 from splatcast.server.settings import Settings
 from splatcast.server.storage import FrameRecord, SequenceInfo, Storage
 
@@ -41,12 +41,14 @@ class Ingested:
 
 
 class Sequences:
-    """The server's operations on sequences (raises ``HTTPException`` with a clear message)."""
+    """The server's operations on sequences; refusals raise ``splatcast.server.errors.ServerError``
+    subclasses with a clear message (storage faults: ``StorageError``)."""
 
-    def __init__(self, settings: Settings, storage: Storage, hub: Broadcaster) -> None:
+    def __init__(self, settings: Settings, storage: Storage, hub: Broadcaster, metrics: Metrics) -> None:
         self.settings = settings
         self.storage = storage
         self.hub = hub
+        self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
         self._encoders: dict[str, FrameEncoder] = {}
         self._pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="splatcast-encode")
@@ -58,35 +60,39 @@ class Sequences:
         self._hasher.shutdown(wait=True)
 
     def get(self, seq_id: str) -> SequenceInfo:
+        """The sequence's info (blocking: SQLite); ``NotFound`` if there is none."""
         info = self.storage.get(seq_id)
         if info is None:
-            raise HTTPException(404, f"no sequence {seq_id!r}")
+            raise NotFound(f"no sequence {seq_id!r}")
         return info
 
-    def _lock(self, seq_id: str) -> asyncio.Lock:
+    async def _lock(self, seq_id: str) -> asyncio.Lock:
         lock = self._locks.get(seq_id)
         if lock is None:  # the callers read the sequence again once they hold the lock
-            self.get(seq_id)  # 404 before an unknown id gets a lock
-            lock = self._locks[seq_id] = asyncio.Lock()
+            await asyncio.to_thread(self.get, seq_id)  # 404 before an unknown id gets a lock
+            lock = self._locks.setdefault(seq_id, asyncio.Lock())
         return lock
 
     def create(self, name: str, fps: float, codec: dict, seq_id: str | None = None) -> SequenceInfo:
+        """Store a new empty open sequence (blocking: SQLite). ``Invalid`` for a bad id or codec
+        options (including integers the stream header cannot carry), ``TooMany`` over
+        ``max_sequences``, ``Conflict`` when the id is taken."""
         if seq_id is not None and not re.match(ID_PATTERN, seq_id):
-            raise HTTPException(422, f"invalid sequence id {seq_id!r}: use 1-64 of A-Z a-z 0-9 _ - (not first)")
+            raise Invalid(f"invalid sequence id {seq_id!r}: use 1-64 of A-Z a-z 0-9 _ - (not first)")
         try:
             config = CodecConfig.from_dict({**self.settings.codec_defaults, **codec, "device": self.settings.device})
             StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION, codec_params=config.to_dict(), sh_degree=0,
                          fps=fps, name=name)  # what frame 0 will write: the wire's own bounds (ints < 2^53)
         except (ValueError, TypeError, ProtocolError) as e:
-            raise HTTPException(422, str(e)) from None
+            raise Invalid(str(e)) from None
         if len(self.storage.list()) >= self.settings.max_sequences:
-            raise HTTPException(429, f"the server already stores {self.settings.max_sequences} sequences")
+            raise TooMany(f"the server already stores {self.settings.max_sequences} sequences")
         info = SequenceInfo(id=seq_id or secrets.token_hex(6), name=name, fps=fps, codec=config.to_dict(),
                             created_at=time.time())
         try:
             self.storage.create(info)
         except KeyError:
-            raise HTTPException(409, f"sequence {info.id!r} already exists") from None
+            raise Conflict(f"sequence {info.id!r} already exists") from None
         return info
 
     async def put_frame(self, seq_id: str, index: int, body: bytes | bytearray) -> Ingested:
@@ -94,18 +100,32 @@ class Sequences:
 
         ``body`` is one PLY file; its SHA-256 (stored, compared for retries) is computed in a
         thread of its own while the frame is parsed and encoded (41 MB take about 40 ms).
+        Refusals: ``NotFound``, ``Conflict``, ``TooLarge``, ``BadRequest``, ``Invalid``,
+        ``StorageError``.
         """
-        async with self._lock(seq_id):
+        self.metrics.encode_pending.inc()
+        try:
+            ingested = await self._put_frame(seq_id, index, body)
+        except Exception:
+            self.metrics.frame_uploads.labels("refused").inc()
+            raise
+        finally:
+            self.metrics.encode_pending.dec()
+        self.metrics.frame_uploads.labels("stored" if ingested.created else "retry").inc()
+        return ingested
+
+    async def _put_frame(self, seq_id: str, index: int, body: bytes | bytearray) -> Ingested:
+        async with await self._lock(seq_id):
             digest = self._hasher.submit(_sha256, body)
-            info = self.get(seq_id)
+            info = await asyncio.to_thread(self.get, seq_id)
             if index < info.frame_count:
-                return self._check_retry(seq_id, index, await asyncio.wrap_future(digest))
+                return await asyncio.to_thread(self._check_retry, seq_id, index, await asyncio.wrap_future(digest))
             if info.finished:
-                raise HTTPException(409, f"sequence {seq_id!r} is finished ({info.frame_count} frames)")
+                raise Conflict(f"sequence {seq_id!r} is finished ({info.frame_count} frames)")
             if index != info.frame_count:
-                raise HTTPException(409, f"expected frame {info.frame_count}, got {index}: frames must come in order")
+                raise Conflict(f"expected frame {info.frame_count}, got {index}: frames must come in order")
             if index >= self.settings.max_frames:
-                raise HTTPException(413, f"sequence {seq_id!r} reached the limit of {self.settings.max_frames} frames")
+                raise TooLarge(f"sequence {seq_id!r} reached the limit of {self.settings.max_frames} frames")
             record, message = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._encode_and_store, info, index, body, digest)
             self.hub.publish(seq_id, Item("frame", message, record.index, record.frame_type))
@@ -114,27 +134,30 @@ class Sequences:
     def _check_retry(self, seq_id: str, index: int, sha256: str) -> Ingested:
         (record,) = self.storage.frames(seq_id, index, index + 1)
         if sha256 != record.sha256:
-            raise HTTPException(409, f"frame {index} is already stored with different content")
+            raise Conflict(f"frame {index} is already stored with different content")
         return Ingested(record, created=False)
 
     def _encode_and_store(self, info: SequenceInfo, index: int, body: bytes | bytearray,
                           digest: Future[str]) -> tuple[FrameRecord, bytes]:
         received_at = time.time()
+        t0 = time.perf_counter()
         try:
             frame = read_ply(body)
         except PlyError as e:
-            raise HTTPException(400, f"bad PLY: {e}") from None
+            raise BadRequest(f"bad PLY: {e}") from None
+        self.metrics.parse_seconds.observe(time.perf_counter() - t0)
         if frame.num_gaussians > self.settings.max_gaussians:
-            raise HTTPException(413, f"{frame.num_gaussians} Gaussians over the limit of {self.settings.max_gaussians}")
+            raise TooLarge(f"{frame.num_gaussians} Gaussians over the limit of {self.settings.max_gaussians}")
         if info.sh_degree is not None and frame.sh_degree != info.sh_degree:
-            raise HTTPException(422, f"frame has SH degree {frame.sh_degree}, the sequence has {info.sh_degree}")
+            raise Invalid(f"frame has SH degree {frame.sh_degree}, the sequence has {info.sh_degree}")
         encoder = self._encoders.pop(info.id, None) or FrameEncoder(CodecConfig.from_dict(info.codec))
         t0 = time.perf_counter()
         try:
             encoded = encoder.encode(frame)
         except CodecError as e:
-            raise HTTPException(422, f"cannot encode frame {index}: {e}") from None
+            raise Invalid(f"cannot encode frame {index}: {e}") from None
         encode_ms = (time.perf_counter() - t0) * 1000
+        self.metrics.encode_seconds.labels(encoded.frame_type).observe(encode_ms / 1000)
         message = encode_message(FrameMessage(index=index, pts=index / info.fps, frame_type=encoded.frame_type,
                                               num_gaussians=encoded.num_gaussians, payload=encoded.payload))
         header = None
@@ -147,26 +170,27 @@ class Sequences:
                              received_at=received_at)
         record = self.storage.append(info.id, record, message, header=header, sh_degree=frame.sh_degree)
         self._encoders[info.id] = encoder  # trusted again: everything it encoded is stored
+        self.metrics.frames_encoded.labels(record.frame_type).inc()
         return record, message
 
     async def finish(self, seq_id: str) -> SequenceInfo:
         """Append the end message (idempotent: finishing a finished sequence changes nothing)."""
-        async with self._lock(seq_id):
-            info = self.get(seq_id)
+        async with await self._lock(seq_id):
+            info = await asyncio.to_thread(self.get, seq_id)
             if info.finished:
                 return info
             if info.frame_count == 0:
-                raise HTTPException(409, f"sequence {seq_id!r} has no frames to finish")
+                raise Conflict(f"sequence {seq_id!r} has no frames to finish")
             message = encode_message(EndOfStream(frame_count=info.frame_count))
             await asyncio.to_thread(self.storage.finish, seq_id, message)
             self._encoders.pop(seq_id, None)
             self.hub.publish(seq_id, Item("end", message))
-            return self.get(seq_id)
+            return await asyncio.to_thread(self.get, seq_id)
 
     async def delete(self, seq_id: str) -> None:
-        async with self._lock(seq_id):
+        async with await self._lock(seq_id):
             if not await asyncio.to_thread(self.storage.delete, seq_id):
-                raise HTTPException(404, f"no sequence {seq_id!r}")
+                raise NotFound(f"no sequence {seq_id!r}")
             self._encoders.pop(seq_id, None)
             message = encode_message(ErrorMessage(code="deleted", message=f"sequence {seq_id!r} was deleted"))
             self.hub.publish(seq_id, Item("error", message))

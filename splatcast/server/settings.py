@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,5 +59,9 @@ class Settings(BaseSettings):
     close_timeout_s: float = Field(2.0, gt=0, description="Time a closing WebSocket connection gets to take its "
                                    "close frame and finish before the server resets it (a client that does not read "
                                    "cannot hold the socket).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Level of the splatcast and uvicorn loggers.")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text (key=value fields) or "
+                                                                     "JSON objects, one per line, on stderr.")
     codec_defaults: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields applied to new "
                                                                              "sequences unless the request sets them.")

@@ -25,14 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-
-class StorageError(Exception):
-    """Storage failed: a server fault (the message says what), not a problem of the request."""
-
-
-class StorageFull(StorageError):
-    """No space left for a write (ENOSPC, EDQUOT, or SQLite's "database or disk is full");
-    nothing of that write was committed."""
+from splatcast.server.errors import StorageError, StorageFull
 
 
 @contextmanager

@@ -1,0 +1,288 @@
+"""The HTTP and WebSocket routes under ``/v1``: thin handlers over ``Sequences`` and ``Storage``.
+
+No handler blocks the event loop: those that only read SQLite or files are plain functions
+(FastAPI runs them in its thread pool), the others are coroutines that run SQLite and file work
+in threads (``asyncio.to_thread``, or ``Sequences``' encode pool). Refusals are ``splatcast.server.errors``
+exceptions, turned into HTTP answers in ``app.py``. ``add_routes`` declares each route once,
+with its OpenAPI answers; bearer security appears only where a token is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator
+from typing import IO, Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Path as PathParam, Query, Request, Response, WebSocket
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from splatcast.codec import natural_key
+from splatcast.server.errors import BadRequest, RequestTimeout, ServerError, TooLarge, Unauthorized
+from splatcast.server.schemas import BatchOut, CreateSequence, ErrorOut, FrameOut, HealthOut, SequenceOut
+from splatcast.server.sequences import Sequences
+from splatcast.server.settings import Settings
+from splatcast.server.storage import SequenceInfo
+from splatcast.server.stream import serve_subscriber
+
+_CHUNK = 1024 * 1024  # download read size
+_SPOOL_BYTES = 64 * 1024 * 1024  # tar bodies up to this size stay in memory
+
+_ERRORS = {
+    400: "Malformed input: a bad PLY or tar, an empty body, an invalid Content-Length.",
+    401: "Missing or wrong bearer token.",
+    404: "No such sequence.",
+    408: "The request body sent nothing for body_timeout_s.",
+    409: "Conflicts with the sequence's state: frame order, finished, different bytes for a stored frame, "
+         "id taken.",
+    413: "Over a size limit: body bytes, Gaussians per frame, frames per sequence.",
+    422: "Invalid parameters: JSON body, codec options, SH degree change, a frame the codec refuses.",
+    429: "Over a count limit: stored sequences.",
+    507: "The storage device is full; stored frames stay readable and DELETE frees space.",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, and 422 (any parameter may be invalid)."""
+    return {code: {"model": ErrorOut, "description": _ERRORS[code]} for code in sorted({*codes, 422})}
+
+
+def _binary_body(media_type: str, description: str) -> dict:
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+# --- dependencies ---------------------------------------------------------------------------------
+
+def _sequences(request: Request) -> Sequences:
+    return request.app.state.sequences
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+Seqs = Annotated[Sequences, Depends(_sequences)]
+Config = Annotated[Settings, Depends(_settings)]
+_bearer = HTTPBearer(auto_error=False, description="SPLATCAST_TOKEN, as set on the server.")
+
+
+def check_token(settings: Settings, given: str | None) -> None:
+    """``Unauthorized`` unless ``given`` is the configured token (compared as UTF-8 bytes in
+    constant time, so any string, non-ASCII included, is simply right or wrong)."""
+    if settings.token and not (given and secrets.compare_digest(given.encode("utf-8", "surrogatepass"),
+                                                                settings.token.encode("utf-8"))):
+        raise Unauthorized("missing or wrong bearer token")
+
+
+def _write_auth(settings: Config, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    check_token(settings, cred.credentials if cred else None)
+
+
+def _read_auth(settings: Config, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+               token: Annotated[str | None, Query(description="Token for clients that cannot set headers.")] = None,
+               ) -> None:
+    check_token(settings, cred.credentials if cred else token)
+
+
+# --- handlers ---------------------------------------------------------------------------------------
+
+def healthz() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+def metrics(request: Request) -> Response:
+    """Prometheus metrics of this server (text exposition format; names in docs/API.md)."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _out(seqs: Sequences, info: SequenceInfo) -> SequenceOut:
+    return SequenceOut.of(info, subscribers=seqs.hub.count(info.id))
+
+
+async def create_sequence(body: CreateSequence, seqs: Seqs) -> SequenceOut:
+    """Create an empty open sequence; frames follow with PUT .../frames/{index}."""
+    return _out(seqs, await asyncio.to_thread(seqs.create, body.name, body.fps, body.codec, body.id))
+
+
+async def list_sequences(seqs: Seqs) -> list[SequenceOut]:
+    """Every stored sequence, oldest first."""
+    return [_out(seqs, i) for i in await asyncio.to_thread(seqs.storage.list)]
+
+
+async def get_sequence(seq_id: str, seqs: Seqs) -> SequenceOut:
+    return _out(seqs, await asyncio.to_thread(seqs.get, seq_id))
+
+
+def list_frames(seq_id: str, seqs: Seqs) -> list[FrameOut]:
+    """The per-frame index: type, Gaussians, encoded and raw sizes, encode time."""
+    seqs.get(seq_id)
+    return [FrameOut.of(r) for r in seqs.storage.frames(seq_id)]
+
+
+async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request: Request, response: Response,
+                    seqs: Seqs, settings: Config) -> FrameOut:
+    """Upload frame ``index`` (the next one); it is encoded and stored before the response."""
+    await asyncio.to_thread(seqs.get, seq_id)
+    body = bytearray()
+    async for chunk in _limited_stream(request, settings.max_upload_bytes, settings.body_timeout_s):
+        body += chunk
+    if not body:
+        raise BadRequest("empty body: send one PLY file as application/octet-stream")
+    result = await seqs.put_frame(seq_id, index, body)  # hashed off the event loop there
+    if not result.created:
+        response.status_code = 200
+    return FrameOut.of(result.record)
+
+
+async def upload_tar(seq_id: str, request: Request, seqs: Seqs, settings: Config,
+                     finish: Annotated[bool, Query(description="Finish the sequence afterwards.")] = False,
+                     ) -> BatchOut:
+    """Append several frames in one request (after the frames already stored)."""
+    await asyncio.to_thread(seqs.get, seq_id)
+    frames: list[FrameOut] = []
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        async for chunk in _limited_stream(request, settings.max_batch_bytes, settings.body_timeout_s):
+            await asyncio.to_thread(spool.write, chunk)
+        members = await asyncio.to_thread(_ply_members, spool, settings.max_frames)
+        start = (await asyncio.to_thread(seqs.get, seq_id)).frame_count
+        for i, member in enumerate(members):
+            try:
+                if member.size > settings.max_upload_bytes:
+                    raise TooLarge(f"{member.size} bytes over the limit of {settings.max_upload_bytes}")
+                body = await asyncio.to_thread(_member_bytes, spool, member)
+                frames.append(FrameOut.of((await seqs.put_frame(seq_id, start + i, body)).record))
+            except ServerError as e:
+                raise type(e)(f"{member.name}: {e} ({len(frames)} frames stored before it)") from None
+    info = await seqs.finish(seq_id) if finish else await asyncio.to_thread(seqs.get, seq_id)
+    return BatchOut(frames=frames, sequence=_out(seqs, info))
+
+
+async def finish_sequence(seq_id: str, seqs: Seqs) -> SequenceOut:
+    """Write the end message; subscribers get it and close. Finishing twice is harmless."""
+    return _out(seqs, await seqs.finish(seq_id))
+
+
+async def delete_sequence(seq_id: str, seqs: Seqs) -> Response:
+    """Delete the sequence and its stream; live subscribers get an error message and a close."""
+    await seqs.delete(seq_id)
+    return Response(status_code=204)
+
+
+def download(seq_id: str, seqs: Seqs) -> StreamingResponse:
+    """The encoded stream so far (header, frames, and the end message once finished)."""
+    info = seqs.get(seq_id)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for offset in range(0, info.stream_bytes, _CHUNK):
+            yield await asyncio.to_thread(seqs.storage.read, seq_id, offset, min(_CHUNK, info.stream_bytes - offset))
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream",
+                             headers={"Content-Length": str(info.stream_bytes),
+                                      "Content-Disposition": f'attachment; filename="{seq_id}.splatcast"'})
+
+
+async def stream(websocket: WebSocket, seq_id: str,
+                 from_: Annotated[Literal["latest", "start"], Query(alias="from")] = "latest",
+                 pace: Literal["fast", "realtime"] = "fast", token: str | None = None) -> None:
+    """Binary messages: header, frames from the latest keyframe (or frame 0), live frames, end."""
+    seqs: Sequences = websocket.app.state.sequences
+    if seqs.settings.protect_reads:
+        header = websocket.headers.get("authorization", "")
+        try:
+            check_token(seqs.settings, header[7:] if header.lower().startswith("bearer ") else token)
+        except Unauthorized as e:
+            await websocket.send_denial_response(JSONResponse({"detail": str(e)}, e.status))
+            return
+    await serve_subscriber(websocket, seqs, seq_id, from_start=from_ == "start", realtime=pace == "realtime")
+
+
+def add_routes(app: FastAPI, settings: Settings) -> None:
+    """Declare the API on ``app``: each route once, with its answers and auth as ``settings`` has them."""
+    writes = [Depends(_write_auth)] if settings.token else []
+    reads = [Depends(_read_auth)] if settings.token and settings.protect_reads else []
+    w401 = (401,) if writes else ()
+    r401 = (401,) if reads else ()
+    api = app.add_api_route
+    api("/healthz", healthz, methods=["GET"], tags=["health"])
+    api("/metrics", metrics, methods=["GET"], dependencies=reads, tags=["health"], response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."},
+                   **_errors(*r401)})
+    api("/v1/sequences", create_sequence, methods=["POST"], status_code=201, dependencies=writes,
+        tags=["sequences"], responses=_errors(*w401, 409, 422, 429, 507))
+    api("/v1/sequences", list_sequences, methods=["GET"], dependencies=reads, tags=["sequences"],
+        responses=_errors(*r401))
+    api("/v1/sequences/{seq_id}", get_sequence, methods=["GET"], dependencies=reads, tags=["sequences"],
+        responses=_errors(*r401, 404))
+    api("/v1/sequences/{seq_id}/frames", list_frames, methods=["GET"], dependencies=reads, tags=["sequences"],
+        responses=_errors(*r401, 404))
+    api("/v1/sequences/{seq_id}/frames/{index}", put_frame, methods=["PUT"], status_code=201,
+        dependencies=writes, tags=["frames"],
+        openapi_extra=_binary_body("application/octet-stream", "One PLY file (INRIA 3DGS layout)."),
+        responses={200: {"model": FrameOut,
+                         "description": "Safe retry: this frame was already stored with the same bytes."},
+                   **_errors(400, *w401, 404, 408, 409, 413, 422, 507)})
+    api("/v1/sequences/{seq_id}/frames", upload_tar, methods=["POST"], status_code=201, dependencies=writes,
+        tags=["frames"],
+        openapi_extra=_binary_body("application/x-tar", "A tar of PLY files, taken in natural order of names."),
+        responses=_errors(400, *w401, 404, 408, 409, 413, 422, 507))
+    api("/v1/sequences/{seq_id}/finish", finish_sequence, methods=["POST"], dependencies=writes,
+        tags=["sequences"], responses=_errors(*w401, 404, 409, 507))
+    api("/v1/sequences/{seq_id}", delete_sequence, methods=["DELETE"], status_code=204, dependencies=writes,
+        tags=["sequences"], responses={204: {"description": "Deleted."}, **_errors(*w401, 404)})
+    api("/v1/sequences/{seq_id}/stream.splatcast", download, methods=["GET"], dependencies=reads,
+        tags=["stream"], response_class=StreamingResponse,
+        responses={200: {"content": {"application/octet-stream": {}},
+                         "description": "The .splatcast stream so far."}, **_errors(*r401, 404)})
+    app.add_api_websocket_route("/v1/sequences/{seq_id}/stream", stream)
+
+
+# --- request bodies ---------------------------------------------------------------------------------
+
+async def _limited_stream(request: Request, limit: int, timeout: float) -> AsyncIterator[bytes]:
+    """The request body in chunks. ``TooLarge`` as soon as it is known to exceed ``limit`` bytes,
+    ``RequestTimeout`` when no chunk comes for ``timeout`` seconds, ``BadRequest`` for a
+    Content-Length that is not a number."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isascii() or not declared.isdigit():
+            raise BadRequest("invalid Content-Length")
+        if int(declared) > limit:
+            raise TooLarge(f"body of {declared} bytes over the limit of {limit}")
+    size = 0
+    chunks = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(f"request body: nothing received for {timeout:g} s after {size} bytes") from None
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body over the limit of {limit} bytes")
+        yield chunk
+
+
+def _ply_members(spool: IO[bytes], max_frames: int) -> list[tarfile.TarInfo]:
+    spool.seek(0)
+    try:
+        with tarfile.open(fileobj=spool, mode="r:") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".ply")]
+    except tarfile.TarError as e:
+        raise BadRequest(f"bad tar body: {e}") from None
+    if not members:
+        raise BadRequest("the tar holds no .ply files")
+    if len(members) > max_frames:
+        raise TooLarge(f"{len(members)} frames over the limit of {max_frames}")
+    return sorted(members, key=lambda m: natural_key(m.name))
+
+
+def _member_bytes(spool: IO[bytes], member: tarfile.TarInfo) -> bytes:
+    spool.seek(member.offset_data)
+    return spool.read(member.size)
