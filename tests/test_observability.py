@@ -54,7 +54,7 @@ def test_metrics_and_json_logs_after_a_real_upload_and_subscription(tmp_path, lo
 
         async def scenario() -> list[int]:
             async with SplatcastClient(url) as client:
-                sid = (await client.create("obs", 30, {"gop": 3, "codebook_size": 16}))["id"]
+                sid = (await client.create("obs", 30, {"gop": 3, "codebook_size": 16})).id
                 received: list[int] = []
 
                 async def watch() -> None:
@@ -90,7 +90,17 @@ def test_metrics_and_json_logs_after_a_real_upload_and_subscription(tmp_path, lo
     assert m[("splatcast_http_requests_total", (("method", "GET"), ("route", "/v1/sequences/{seq_id}"),
                                                  ("status", "404")))] == 1
 
+    assert m[("splatcast_subscriber_events_total", (("event", "joined"),))] == 1
+    assert m[("splatcast_subscriber_events_total", (("event", "finished"),))] == 1
+    assert m[("splatcast_subscribers", ())] == 0 and m[("splatcast_subscriber_queued_frames", ())] == 0
+    assert m[("splatcast_websocket_sent_messages_total", ())] == 6  # header, 4 frames, end
+    assert m[("splatcast_websocket_sent_bytes_total", ())] > 4 * 10_000
+    assert m[("splatcast_upload_to_send_seconds_count", ())] >= 1  # frames that reached it live
+
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    subscriber = [r for r in lines if r.get("event") == "subscriber"]
+    assert [r["outcome"] for r in subscriber] == ["joined", "finished"]
+    assert subscriber[-1]["messages"] == 6 and subscriber[-1]["skipped"] == 0
     requests = [r for r in lines if r.get("event") == "request"]
     assert all({"time", "level", "logger", "method", "path", "route", "status", "ms"} <= r.keys() for r in requests)
     assert sum(r["method"] == "PUT" and r["status"] == 201 for r in requests) == 4

@@ -47,8 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application over ``settings.data_dir`` (created if missing)."""
     settings = settings or Settings()
     storage = SqliteStorage(settings.data_dir)
-    metrics = Metrics()
-    seqs = Sequences(settings, storage, Hub(), metrics)
+    metrics, hub = Metrics(), Hub()
+    metrics.watch_queues(hub.queued_frames)
+    seqs = Sequences(settings, storage, hub, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -4,8 +4,8 @@ Each subscriber has a bounded queue of frame messages. When a new frame finds th
 the subscriber has fallen behind: its queued frames are dropped and it skips every incoming
 frame until the next keyframe, so it never receives a frame whose reference it lacks; the
 server's sender (``stream.py``) does not wait for that keyframe but calls ``resume`` and goes on
-from the latest stored keyframe. Control messages (end of stream, error) are always queued. The messages are shared ``bytes`` objects:
-a subscriber costs a queue of references, not a copy.
+from the latest stored keyframe. Control messages (end of stream, error) are always queued. The
+messages are shared ``bytes`` objects: a subscriber costs a queue of references, not a copy.
 
 ``Broadcaster`` is the interface the server uses; ``Hub`` the in-process implementation (a
 replicated deployment would feed the same interface from Redis pub/sub or Streams). Both are
@@ -19,18 +19,22 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from splatcast.server.errors import TooMany
+
 
 @dataclass(frozen=True)
 class Item:
-    """One encoded protocol message. ``index``/``frame_type`` are set for frames only."""
+    """One encoded protocol message. ``index``/``frame_type`` are set for frames only;
+    ``received_at`` (Unix time the frame's upload was accepted) for live frames."""
 
     kind: Literal["frame", "end", "error"]
     message: bytes
     index: int = -1
     frame_type: str = ""
+    received_at: float = 0.0
 
 
-class TooManySubscribers(Exception):
+class TooManySubscribers(TooMany):
     """Raised by ``subscribe`` when the sequence already has the maximum number of subscribers."""
 
 
@@ -68,6 +72,11 @@ class Subscription:
         self._ready.set()
 
     @property
+    def queued_frames(self) -> int:
+        """Frame messages in the queue now."""
+        return self._frames
+
+    @property
     def waiting_for_keyframe(self) -> bool:
         """True after the queue overflowed, until a keyframe arrives or ``resume`` is called."""
         return self._waiting_for_keyframe
@@ -100,6 +109,9 @@ class Broadcaster(Protocol):
 
     def count(self, seq_id: str) -> int: ...
 
+    def queued_frames(self) -> int:
+        """Frame messages waiting in all subscribers' queues now."""
+
 
 class Hub:
     """In-process ``Broadcaster``."""
@@ -128,3 +140,6 @@ class Hub:
 
     def count(self, seq_id: str) -> int:
         return len(self._subs.get(seq_id, ()))
+
+    def queued_frames(self) -> int:
+        return sum(sub.queued_frames for subs in self._subs.values() for sub in subs)

@@ -128,7 +128,7 @@ class Sequences:
                 raise TooLarge(f"sequence {seq_id!r} reached the limit of {self.settings.max_frames} frames")
             record, message = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._encode_and_store, info, index, body, digest)
-            self.hub.publish(seq_id, Item("frame", message, record.index, record.frame_type))
+            self.hub.publish(seq_id, Item("frame", message, record.index, record.frame_type, record.received_at))
             return Ingested(record, created=True)
 
     def _check_retry(self, seq_id: str, index: int, sha256: str) -> Ingested:

@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 
 from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
 from splatcast.protocol import ErrorMessage, encode_message
-from splatcast.server.hub import Item, Subscription, TooManySubscribers
+from splatcast.server.errors import ServerError
+from splatcast.server.hub import Item, Subscription
+from splatcast.server.logs import event
 from splatcast.server.sequences import Sequences
 from splatcast.server.storage import FrameRecord
 from splatcast.server.ws_protocol import EXTENSION, Connection
@@ -48,34 +51,55 @@ class SendTimeout(Exception):
 
 
 async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_start: bool, realtime: bool) -> None:
-    """Run one subscriber until the stream ends, the client leaves, or it is dropped as too slow."""
-    settings = seqs.settings
-    if seqs.storage.get(seq_id) is None:
-        await ws.send_denial_response(JSONResponse({"detail": f"no sequence {seq_id!r}"}, 404))
-        return
+    """Run one subscriber until the stream ends, the client leaves, or it is dropped as too slow.
+
+    Refusals (``NotFound``, ``TooManySubscribers``) are HTTP answers before the handshake. Each
+    subscriber logs ``subscriber`` events (joined, resync, then finished / left / dropped / failed,
+    or refused) and updates the subscriber metrics.
+    """
+    settings, metrics = seqs.settings, seqs.metrics
+    who = {"seq": seq_id, "client": "%s:%s" % ws.client if ws.client else None}
     try:
+        await asyncio.to_thread(seqs.get, seq_id)
         sub = seqs.hub.subscribe(seq_id, settings.subscriber_queue, settings.max_subscribers)
-    except TooManySubscribers as e:
-        await ws.send_denial_response(JSONResponse({"detail": str(e)}, 429))
+    except ServerError as e:
+        metrics.subscriber_events.labels("refused").inc()
+        event(log, "subscriber", **who, outcome="refused", status=e.status, reason=str(e))
+        await ws.send_denial_response(JSONResponse({"detail": str(e)}, e.status))
         return
+    metrics.subscribers.inc()
+    metrics.subscriber_events.labels("joined").inc()
+    event(log, "subscriber", **who, outcome="joined", start="start" if from_start else "latest")
+    sender, outcome, t0 = _Sender(ws, seqs, sub, realtime, who), "left", time.monotonic()
     try:
         await ws.accept()
-        sender = asyncio.create_task(_Sender(ws, seqs, sub, realtime).run(from_start))
+        sending = asyncio.create_task(sender.run(from_start))
         watcher = asyncio.create_task(_until_disconnect(ws))
-        done, pending = await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait({sending, watcher}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        exc = sender.exception() if sender in done else None
-        if exc is not None and watcher not in done and not isinstance(exc, WebSocketDisconnect):
+        exc = sending.exception() if sending in done else None
+        if sending in done and exc is None:
+            outcome = "finished"
+        elif exc is not None and watcher not in done and not isinstance(exc, WebSocketDisconnect):
             if isinstance(exc, SendTimeout):
-                log.warning("dropped a subscriber of %s: %s", seq_id, exc)
+                outcome = "dropped"
+                who["reason"] = str(exc)
                 await _drop(ws, "too slow", settings.close_timeout_s)
-            else:
+            else:  # a bug: the detail goes to the log, the client learns only that the server failed
+                outcome = "failed"
                 log.error("stream of %s failed", seq_id, exc_info=exc)
-                await _close_with_error(ws, "internal", f"{type(exc).__name__}: {exc}", settings.send_timeout_s)
+                await _close_with_error(ws, "internal", "internal server error", settings.send_timeout_s)
     finally:
         seqs.hub.unsubscribe(sub)
+        metrics.subscribers.dec()
+        metrics.subscriber_events.labels(outcome).inc()
+        metrics.subscriber_events.labels("resync").inc(sub.resyncs)
+        metrics.skipped_frames.inc(sub.skipped)
+        event(log, "subscriber", logging.WARNING if outcome in ("dropped", "failed") else logging.INFO, **who,
+              outcome=outcome, messages=sender.messages_sent, bytes=sender.bytes_sent, skipped=sub.skipped,
+              resyncs=sub.resyncs, seconds=round(time.monotonic() - t0, 3))
 
 
 async def _until_disconnect(ws: WebSocket) -> None:
@@ -121,8 +145,11 @@ def _batches(rows: list[FrameRecord], max_bytes: int) -> Iterator[list[FrameReco
 
 
 class _Sender:
-    def __init__(self, ws: WebSocket, seqs: Sequences, sub: Subscription, realtime: bool) -> None:
-        self.ws, self.storage, self.sub, self.realtime = ws, seqs.storage, sub, realtime
+    def __init__(self, ws: WebSocket, seqs: Sequences, sub: Subscription, realtime: bool, who: dict) -> None:
+        self.ws, self.storage, self.sub, self.realtime, self.who = ws, seqs.storage, sub, realtime, who
+        self.metrics = seqs.metrics
+        self.messages_sent = 0
+        self.bytes_sent = 0
         self.seq_id = sub.seq_id
         self.conn = _connection(ws)
         self.timeout = seqs.settings.send_timeout_s
@@ -135,22 +162,25 @@ class _Sender:
         self.clock: tuple[float, int] | None = None  # (loop time, index) of the first frame sent
 
     async def run(self, from_start: bool) -> None:
-        info = self.storage.get(self.seq_id)  # read after subscribing: nothing falls in between
+        info = await asyncio.to_thread(self.storage.get, self.seq_id)  # read after subscribing: no gap
         if info is None:
             return
         self.fps, self.header_bytes = info.fps, info.header_bytes
         self.next_index = 0 if from_start or not info.keyframes else info.keyframes[-1]
         await self.send_stored()
         if info.finished:
-            end = self.storage.read(self.seq_id, info.header_bytes + info.frame_bytes, info.end_bytes)
+            end = await asyncio.to_thread(self.storage.read, self.seq_id, info.header_bytes + info.frame_bytes,
+                                          info.end_bytes)
             await self.finish(end, 1000)
             return
         while True:
             if self.sub.waiting_for_keyframe:  # its queue overflowed: go on from the stream file instead
                 self.sub.resume()  # before reading the index, as when joining: no gap, duplicates ignored
-                info = self.storage.get(self.seq_id)
+                info = await asyncio.to_thread(self.storage.get, self.seq_id)
                 if info is not None and info.keyframes:
                     self.next_index = max(self.next_index, info.keyframes[-1])
+                event(log, "subscriber", **self.who, outcome="resync", next=self.next_index,
+                      skipped=self.sub.skipped)
                 await self.send_stored()
                 continue
             item = await self.next_item()
@@ -158,13 +188,15 @@ class _Sender:
                 if item.index == self.next_index or (item.index > self.next_index and item.frame_type == "keyframe"):
                     await self.send_frame(item.index, item.message)
                     self.next_index = item.index + 1
+                    if item.received_at:
+                        self.metrics.upload_to_send_seconds.observe(time.time() - item.received_at)
                 continue
             await self.finish(item.message, 1000 if item.kind == "end" else 1011)
             return
 
     async def send_stored(self) -> None:
         """Send the stored frames from ``next_index`` on, until the stored index has no more."""
-        while rows := self.storage.frames(self.seq_id, self.next_index):
+        while rows := await asyncio.to_thread(self.storage.frames, self.seq_id, self.next_index):
             for batch in _batches(rows, _READ_BYTES):  # one read per batch of consecutive messages
                 start = batch[0].offset
                 data = await asyncio.to_thread(self.storage.read, self.seq_id, start,
@@ -188,8 +220,9 @@ class _Sender:
     async def send_frame(self, index: int, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         if not self.header_sent:
-            header_bytes = self.header_bytes or self.storage.get(self.seq_id).header_bytes  # frame 0 came live
-            await self.send(self.storage.read(self.seq_id, 0, header_bytes))
+            if not self.header_bytes:  # frame 0 came live
+                self.header_bytes = (await asyncio.to_thread(self.storage.get, self.seq_id)).header_bytes
+            await self.send(await asyncio.to_thread(self.storage.read, self.seq_id, 0, self.header_bytes))
             self.header_sent = True
         if self.realtime:
             if self.clock is None:
@@ -213,6 +246,10 @@ class _Sender:
             await asyncio.wait_for(self.ws.send_bytes(data), self.timeout)
         except TimeoutError:
             raise SendTimeout(f"a send took over {self.timeout:g} s") from None
+        self.messages_sent += 1
+        self.bytes_sent += len(data)
+        self.metrics.messages_sent.inc()
+        self.metrics.bytes_sent.inc(len(data))
         if self.conn is not None:
             self.conn.probe()
 
