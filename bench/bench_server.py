@@ -85,7 +85,7 @@ async def watched_upload(url: str, name: str, plys: list[bytes], fps: float) -> 
     """Create a sequence with one subscriber decoding every frame on arrival, upload the PLYs
     live at up to fps, finish; return (id, the client's Uploaded list, its ReceivedFrame list)."""
     async with SplatcastClient(url) as client:
-        sid = (await client.create(name, fps))["id"]
+        sid = (await client.create(name, fps)).id
         received = []
 
         async def watch():
@@ -129,9 +129,9 @@ async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
     for f in received:
         u = sent[f.index]
         lat = latency_ms(u, f)
-        rows.append((f.frame_type, u.frame["encode_ms"], f.decode_ms, lat))
+        rows.append((f.frame_type, u.frame.encode_ms, f.decode_ms, lat))
         print(f"{f.index:>5} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>7.1f} "
-              f"{u.frame['encode_ms']:>9.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} {f.decode_ms:>9.1f} "
+              f"{u.frame.encode_ms:>9.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} {f.decode_ms:>9.1f} "
               f"{lat:>17.1f}")
     for kind in ("keyframe", "non-keyframe"):
         sel = [r for r in rows if (r[0] == "keyframe") == (kind == "keyframe")]
@@ -169,7 +169,7 @@ async def live_fanout(url: str, directory: Path, n: int, fps: float) -> tuple[in
     """
     plys = [p.read_bytes() for p in ply_files(directory)]
     async with SplatcastClient(url) as client:
-        sid = (await client.create(f"live-{n}", fps))["id"]
+        sid = (await client.create(f"live-{n}", fps)).id
         ws_url = url.replace("http", "ws") + f"/v1/sequences/{sid}/stream"
 
         async def one() -> list[float]:
@@ -177,7 +177,7 @@ async def live_fanout(url: str, directory: Path, n: int, fps: float) -> tuple[in
                 return [time.perf_counter() async for _ in ws][1:-1]  # frames only
 
         subs = [asyncio.create_task(one()) for _ in range(n)]
-        while (await client.get(sid))["subscribers"] < n:
+        while (await client.get(sid)).subscribers < n:
             await asyncio.sleep(0.1)
         await client.upload_frames(sid, plys, fps=fps)
         await client.finish(sid)
@@ -205,7 +205,7 @@ async def concurrent_uploads(url: str, directory: Path, n: int, fps: float) -> N
         print(f"sequence {k}: {len(received)}/{len(plys)} frames decoded, {rate:.1f} fps; upload->decode "
               f"median {statistics.median(lat):.0f} ms, p90 {percentile(lat, 0.9):.0f} ms, max {max(lat):.0f} ms; "
               f"non-keyframes median {statistics.median(inter) if inter else float('nan'):.0f} ms; server encode "
-              f"median {statistics.median(u.frame['encode_ms'] for u in ups):.0f} ms", flush=True)
+              f"median {statistics.median(u.frame.encode_ms for u in ups):.0f} ms", flush=True)
 
 
 def main() -> None:

@@ -67,24 +67,26 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from splatcast.cli import UsageError, frame_name, ply_frames
     from splatcast.codec import ply_bytes, write_ply
 
+    if args.frames is not None and args.frames < 1 or args.gaussians < 1 or args.fps <= 0:
+        raise UsageError(f"--frames, --gaussians and --fps must be positive, got {args.frames}, {args.gaussians}, "
+                         f"{args.fps}")
     if args.generate:
         out = Path(args.generate)
         out.mkdir(parents=True, exist_ok=True)
         for i, frame in enumerate(synthetic_frames(args.frames or DEFAULT_FRAMES, args.gaussians, args.fps)):
-            write_ply(frame, out / f"frame_{i:05d}.ply")
+            write_ply(frame, out / frame_name(i))
         print(f"wrote {i + 1} frames of {args.gaussians} Gaussians to {out}")
         return 0
     if args.input:
-        from splatcast.codec import ply_files
-
-        files = ply_files(args.input)[:args.frames]
+        files = ply_frames(args.input)[:args.frames]
         plys, name = (p.read_bytes() for p in files), Path(args.input).resolve().name
     else:
         plys = (ply_bytes(f) for f in synthetic_frames(args.frames or DEFAULT_FRAMES, args.gaussians, args.fps))
         name = "built-in torus"
-    return _demo(plys, name, args.fps, {"gop": args.gop} if args.gop else {})
+    return _demo(plys, name, args.fps, {"gop": args.gop} if args.gop is not None else {})
 
 
 def _demo(plys, name: str, fps: float, codec: dict) -> int:
@@ -98,7 +100,8 @@ def _demo(plys, name: str, fps: float, codec: dict) -> int:
     async def session(url: str) -> None:
         async with SplatcastClient(url) as client:
             seq = await client.create(name, fps, codec)
-            print(f"server {url}, sequence {seq['id']} ({name}), uploading live at {fps:g} fps\n")
+            print(f"server {url}, sequence {seq.id} ({name}), uploading live at {fps:g} fps; "
+                  f"watch it at {client.viewer_url(seq.id)}\n")
             print(f"{'frame':>5} {'type':<10} {'gaussians':>9} {'kbytes':>7} {'x PLY':>6} {'encode ms':>9} "
                   f"{'decode ms':>9} {'upload->decode ms':>17}")
             uploaded, decoded, latency = {}, {}, {}
@@ -108,11 +111,11 @@ def _demo(plys, name: str, fps: float, codec: dict) -> int:
                     u, f = uploaded[i], decoded[i]
                     latency[i] = (f.decoded_at - u.sent_at) * 1000
                     print(f"{i:>5} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>7.1f} "
-                          f"{u.frame['raw_bytes'] / f.nbytes:>6.1f} {u.frame['encode_ms']:>9.1f} "
+                          f"{u.frame.raw_bytes / f.nbytes:>6.1f} {u.frame.encode_ms:>9.1f} "
                           f"{f.decode_ms:>9.1f} {latency[i]:>17.1f}", flush=True)
 
             async def watch() -> None:
-                async for f in client.subscribe(seq["id"], from_start=True):
+                async for f in client.subscribe(seq.id, from_start=True):
                     decoded[f.index] = f
                     row(f.index)
 
@@ -120,18 +123,18 @@ def _demo(plys, name: str, fps: float, codec: dict) -> int:
                 def progress(u):
                     uploaded[u.index] = u
                     row(u.index)
-                await client.upload_frames(seq["id"], plys, fps=fps, progress=progress)
-                await client.finish(seq["id"])
+                await client.upload_frames(seq.id, plys, fps=fps, progress=progress)
+                await client.finish(seq.id)
 
             watcher = asyncio.create_task(watch())
             await produce()
             await watcher
-            info = await client.get(seq["id"])
+            info = await client.get(seq.id)
             inter = [latency[i] for i, f in decoded.items() if f.frame_type != "keyframe" and i in latency]
-            keyframes = f"{info['keyframes']} keyframe{'s' if info['keyframes'] != 1 else ''}"
-            print(f"\n{info['frames']} frames ({keyframes}) streamed and decoded: "
-                  f"{info['stream_bytes']:,} bytes, {info['ratio']}x smaller than the PLYs; "
-                  f"encode {info['encode_ms_mean']:.0f} ms, decode "
+            keyframes = f"{info.keyframes} keyframe{'s' if info.keyframes != 1 else ''}"
+            print(f"\n{info.frames} frames ({keyframes}) streamed and decoded: "
+                  f"{info.stream_bytes:,} bytes, {info.ratio}x smaller than the PLYs; "
+                  f"encode {info.encode_ms_mean:.0f} ms, decode "
                   f"{statistics.mean(f.decode_ms for f in decoded.values()):.0f} ms per frame; upload->decode "
                   f"median {statistics.median(inter) if inter else float('nan'):.0f} ms for non-keyframes")
 

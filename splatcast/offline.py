@@ -2,18 +2,23 @@
 
 A ``.splatcast`` file is a header message, one frame message per PLY and an end message
 (docs/PROTOCOL.md); the payloads come from ``splatcast.codec.FrameEncoder`` (docs/CODEC.md).
-Invalid input (no PLY files, a bad PLY, a bad, empty or truncated stream, bytes after the end
-message) prints ``error: ...`` on stderr, saying after which message a stream went wrong, and
-returns exit status 1.
+Invalid input raises ``CommandError`` naming the file (no PLY files, a bad PLY, a file that is
+not a splatcast stream, a bad, empty or truncated stream, bytes after the end message: saying
+after which message the stream went wrong) or ``UsageError`` (an option out of range);
+``splatcast.cli.main`` prints them as one line and exits with status 1 (2 for usage).
+``encode --json`` and ``info --json`` print one JSON document instead of the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
+
+from splatcast.cli import CommandError, UsageError, frame_name, ply_frames
 
 
 def register(subparsers) -> None:
@@ -28,115 +33,145 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="k-means device")
     p.add_argument("--zstd-level", type=int, default=3, help="zstd level of the messages, 1..22 (default 3)")
     p.add_argument("--fps", type=float, default=30.0, help="frames per second in the header (default 30)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document (per-frame rows and a summary) instead of the table")
     p.set_defaults(func=encode)
     p.epilog = "Codec settings left out take CodecConfig's defaults (docs/CODEC.md)."
 
     p = subparsers.add_parser("decode", help="decode a .splatcast file into PLY frames",
-                              description="Decode IN.splatcast into OUT_DIR/frame_0000.ply, ...")
+                              description=f"Decode IN.splatcast into OUT_DIR/{frame_name(0)}, {frame_name(1)}, ...")
     p.add_argument("input", type=Path, help=".splatcast file")
     p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     p.set_defaults(func=decode)
 
     p = subparsers.add_parser("info", help="print a .splatcast file's header and frame sizes")
     p.add_argument("input", type=Path, help=".splatcast file")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document (header, per-frame rows, end, summary) instead of the table")
     p.set_defaults(func=info)
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
 
 
 _NAMES = {"StreamHeader": "the header", "ErrorMessage": "an error message"}
 
 
-def _fail_after(last, error: Exception) -> int:
-    """Fail with ``error``, met in a stream after its message ``last`` (None: at its start)."""
+def _check_start(path: Path) -> None:
+    """Raise ``CommandError`` when a non-empty file does not start like a splatcast stream: a
+    4-byte length, then a zstd frame (docs/PROTOCOL.md, section 2). OSError when unreadable."""
+    from splatcast.protocol.wire import PREFIX_BYTES, ZSTD_MAGIC
+
+    with open(path, "rb") as f:
+        head = f.read(PREFIX_BYTES + len(ZSTD_MAGIC))
+    if head and head[PREFIX_BYTES:] != ZSTD_MAGIC:
+        raise CommandError("not a splatcast stream", path)
+
+
+def _stream_error(path: Path, last, error: Exception) -> CommandError:
+    """``error`` met in stream ``path`` after its message ``last`` (None: at its start)."""
     if last is None:
-        return _fail(str(error))
+        return CommandError(str(error), path)
     index = getattr(last, "index", None)
     where = f"frame {index}" if index is not None else _NAMES.get(type(last).__name__, "a message")
-    return _fail(f"after {where}: {error}")
+    return CommandError(f"after {where}: {error}", path)
 
 
 def encode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, FrameEncoder, ply_files, read_ply
+    from splatcast.codec import (CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError,
+                                 read_ply)
     from splatcast.protocol import EndOfStream, FrameMessage, StreamHeader, encode_message
 
-    try:
-        files = ply_files(args.input_dir)
-    except FileNotFoundError as e:
-        return _fail(str(e))
+    files = ply_frames(args.input_dir)
     if not 1 <= args.zstd_level <= 22:
-        return _fail(f"--zstd-level must be in 1..22, got {args.zstd_level}")
+        raise UsageError(f"--zstd-level must be in 1..22, got {args.zstd_level}")
+    settings = {"gop": args.gop, "codebook_size": args.codebook_size, "alpha": args.alpha, "device": args.device}
+    try:
+        config = CodecConfig(**{k: v for k, v in settings.items() if v is not None})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     args.output.parent.mkdir(parents=True, exist_ok=True)
     partial = args.output.with_name(args.output.name + ".part")  # renamed when complete
     ply_bytes = out_bytes = gaussians = 0
+    rows = []
     try:
-        settings = {"gop": args.gop, "codebook_size": args.codebook_size, "alpha": args.alpha,
-                    "device": args.device}
-        config = CodecConfig(**{k: v for k, v in settings.items() if v is not None})
         encoder = FrameEncoder(config)
-        with open(partial, "wb") as out, tqdm(files, unit="frame", file=sys.stderr) as bar:
+        with open(partial, "wb") as out, tqdm(files, unit="frame", file=sys.stderr, disable=args.json) as bar:
             for index, path in enumerate(bar):
-                frame = read_ply(path)
-                ply_bytes += path.stat().st_size
+                try:
+                    frame = read_ply(path)
+                except PlyError as e:
+                    raise CommandError(str(e), path) from e
                 if index == 0:
                     header = StreamHeader(CODEC_NAME, CODEC_VERSION, config.to_dict(), frame.sh_degree,
                                           args.fps, len(files), args.input_dir.resolve().name)
                     out_bytes += out.write(encode_message(header, args.zstd_level))
                 t0 = time.perf_counter()
-                enc = encoder.encode(frame)
+                try:
+                    enc = encoder.encode(frame)
+                except CodecError as e:  # e.g. an SH degree other than frame 0's
+                    raise CommandError(str(e), path) from e
                 data = encode_message(FrameMessage(index, index / args.fps, enc.frame_type,
                                                    enc.num_gaussians, enc.payload), args.zstd_level)
                 ms = (time.perf_counter() - t0) * 1e3
                 out_bytes += out.write(data)
+                ply_bytes += path.stat().st_size
                 gaussians += enc.num_gaussians
-                bar.write(f"frame {index:5d}  {enc.frame_type:<10} {len(data):>10,} B "
-                          f"{len(data) / max(enc.num_gaussians, 1):7.3f} B/G  {ms:8.1f} ms", file=sys.stdout)
+                rows.append({"index": index, "file": str(path), "frame_type": enc.frame_type,
+                             "num_gaussians": enc.num_gaussians, "bytes": len(data), "encode_ms": round(ms, 3)})
+                if not args.json:
+                    bar.write(f"frame {index:5d}  {enc.frame_type:<10} {len(data):>10,} B "
+                              f"{len(data) / max(enc.num_gaussians, 1):7.3f} B/G  {ms:8.1f} ms", file=sys.stdout)
             out_bytes += out.write(encode_message(EndOfStream(len(files)), args.zstd_level))
         os.replace(partial, args.output)
-    except (ValueError, OSError) as e:  # PlyError, CodecError, bad settings, I/O
+    except BaseException:
         partial.unlink(missing_ok=True)
-        return _fail(str(e))
-    print(f"{len(files)} frames, {gaussians:,} Gaussians: {ply_bytes:,} B of PLY -> {out_bytes:,} B "
-          f"({ply_bytes / out_bytes:.1f}x smaller, {out_bytes / max(gaussians, 1):.3f} B/G) in {args.output}")
+        raise
+    if args.json:
+        summary = {"frames": len(files), "gaussians": gaussians, "ply_bytes": ply_bytes, "stream_bytes": out_bytes,
+                   "ratio": ply_bytes / out_bytes, "bytes_per_gaussian": out_bytes / max(gaussians, 1)}
+        print(json.dumps({"output": str(args.output), "codec_params": config.to_dict(), "frames": rows,
+                          "summary": summary}, indent=1))
+    else:
+        print(f"{len(files)} frames, {gaussians:,} Gaussians: {ply_bytes:,} B of PLY -> {out_bytes:,} B "
+              f"({ply_bytes / out_bytes:.1f}x smaller, {out_bytes / max(gaussians, 1):.3f} B/G) in {args.output}")
     return 0
 
 
 def decode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from splatcast.codec import CODEC_NAME, CODEC_VERSION, FrameDecoder, write_ply
-    from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, StreamHeader, read_stream
+    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecError, FrameDecoder, write_ply
+    from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, read_stream
 
+    _check_start(args.input)
     decoder, header, frames, bar, last = FrameDecoder("cpu"), None, 0, None, None
     try:
         for msg in read_stream(args.input):  # ends with the end message, or raises
             if isinstance(msg, StreamHeader):
                 if header is not None:
-                    return _fail("a second stream header")
+                    raise CommandError("a second stream header", args.input)
                 if (msg.codec, msg.codec_version) != (CODEC_NAME, CODEC_VERSION):
-                    return _fail(f"codec {msg.codec} v{msg.codec_version} is not {CODEC_NAME} v{CODEC_VERSION}")
+                    raise CommandError(f"codec {msg.codec} v{msg.codec_version} is not {CODEC_NAME} v{CODEC_VERSION}",
+                                       args.input)
                 header = msg
                 args.output.mkdir(parents=True, exist_ok=True)
                 bar = tqdm(total=msg.frame_count, unit="frame", file=sys.stderr)
             elif header is None:
-                return _fail(f"the stream does not start with a header ({type(msg).__name__} first)")
+                raise CommandError(f"the stream does not start with a header ({type(msg).__name__} first)",
+                                   args.input)
             elif isinstance(msg, FrameMessage):
                 frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
-                write_ply(frame, args.output / f"frame_{msg.index:04d}.ply")
+                write_ply(frame, args.output / frame_name(msg.index))
                 frames += 1
                 bar.update()
             elif isinstance(msg, ErrorMessage):
-                return _fail(f"the stream stopped with error {msg.code}: {msg.message}")
+                raise CommandError(f"the stream stopped with error {msg.code}: {msg.message}", args.input)
             elif isinstance(msg, EndOfStream) and msg.frame_count != frames:
-                return _fail(f"end message counts {msg.frame_count} frames, the stream had {frames}")
+                raise CommandError(f"end message counts {msg.frame_count} frames, the stream had {frames}",
+                                   args.input)
             last = msg
-    except (ValueError, OSError) as e:  # ProtocolError, CodecError, I/O
-        return _fail_after(last, e)
+    except (ProtocolError, CodecError) as e:
+        raise _stream_error(args.input, last, e) from e
     finally:
         if bar is not None:
             bar.close()
@@ -145,32 +180,48 @@ def decode(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, StreamHeader, read_stream_sized
+    from splatcast.protocol import (EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader,
+                                    read_stream_sized)
 
+    _check_start(args.input)
     counts: dict[str, int] = {}
     total = gaussians = 0
     last = None
+    doc: dict = {"file": str(args.input), "header": None, "frames": [], "end": None, "errors": []}
+    say = (lambda text: None) if args.json else print
     try:
         for msg, size in read_stream_sized(args.input):  # ends with the end message, or raises
             total += size
             if isinstance(msg, StreamHeader):
-                print(f"header: codec {msg.codec} v{msg.codec_version}, SH degree {msg.sh_degree}, "
-                      f"{msg.fps:g} fps, {msg.frame_count if msg.frame_count is not None else 'unknown'} frames, "
-                      f"name {msg.name!r}, {size:,} B")
-                print(f"codec params: {msg.codec_params}")
-                print(f"{'index':>6} {'pts s':>8} {'type':<10} {'gaussians':>10} {'bytes':>10} {'B/G':>7}")
+                doc["header"] = {"codec": msg.codec, "codec_version": msg.codec_version, "sh_degree": msg.sh_degree,
+                                 "fps": msg.fps, "frame_count": msg.frame_count, "name": msg.name, "bytes": size,
+                                 "codec_params": msg.codec_params}
+                say(f"header: codec {msg.codec} v{msg.codec_version}, SH degree {msg.sh_degree}, "
+                    f"{msg.fps:g} fps, {msg.frame_count if msg.frame_count is not None else 'unknown'} frames, "
+                    f"name {msg.name!r}, {size:,} B")
+                say(f"codec params: {msg.codec_params}")
+                say(f"{'index':>6} {'pts s':>8} {'type':<10} {'gaussians':>10} {'bytes':>10} {'B/G':>7}")
             elif isinstance(msg, FrameMessage):
                 counts[msg.frame_type] = counts.get(msg.frame_type, 0) + 1
                 gaussians += msg.num_gaussians
-                print(f"{msg.index:>6} {msg.pts:>8.3f} {msg.frame_type:<10} {msg.num_gaussians:>10,} {size:>10,} "
-                      f"{size / max(msg.num_gaussians, 1):>7.3f}")
+                doc["frames"].append({"index": msg.index, "pts": msg.pts, "frame_type": msg.frame_type,
+                                      "num_gaussians": msg.num_gaussians, "bytes": size})
+                say(f"{msg.index:>6} {msg.pts:>8.3f} {msg.frame_type:<10} {msg.num_gaussians:>10,} {size:>10,} "
+                    f"{size / max(msg.num_gaussians, 1):>7.3f}")
             elif isinstance(msg, EndOfStream):
-                print(f"end: {msg.frame_count} frames")
+                doc["end"] = {"frame_count": msg.frame_count, "bytes": size}
+                say(f"end: {msg.frame_count} frames")
             elif isinstance(msg, ErrorMessage):
-                print(f"error message: {msg.code}: {msg.message}")
+                doc["errors"].append({"code": msg.code, "message": msg.message})
+                say(f"error message: {msg.code}: {msg.message}")
             last = msg
-    except (ValueError, OSError) as e:  # ProtocolError, I/O
-        return _fail_after(last, e)
+    except ProtocolError as e:
+        raise _stream_error(args.input, last, e) from e
+    if args.json:
+        doc["summary"] = {"bytes": total, "frame_types": counts, "gaussians": gaussians,
+                          "bytes_per_gaussian": total / max(gaussians, 1)}
+        print(json.dumps(doc, indent=1))
+        return 0
     kinds = ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "no frames"
     print(f"total: {total:,} B, {kinds}, {total / max(gaussians, 1):.3f} B/G over {gaussians:,} Gaussians")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from splatcast.cli import main
-from splatcast.client import SplatcastError, SyncSplatcastClient
+from splatcast.client import FrameInfo, Sequence, ServerRefused, SyncSplatcastClient
 from splatcast.codec import ply_files
 from splatcast.codec import read_ply
 from splatcast.server import BackgroundServer, Settings
@@ -27,9 +27,13 @@ def frames_dir(tmp_path_factory):
 def test_upload_resume_and_watch_with_ply_output(server, frames_dir, tmp_path, capsys):
     args = ["upload", str(frames_dir), "--server", server.url, "--id", "torus", "--gop", "2"]
     assert main(args) == 0
-    assert "sequence torus (finished): 4 frames," in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"created sequence torus, watch it at {server.url}/view/torus\n" in out
+    assert "sequence torus (finished): 4 frames," in out
     assert main(args) == 0  # continuing a stored sequence: every frame is a safe retry
-    assert "sequence torus (finished): 4 frames," in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"continuing sequence torus (4 frames stored), watch it at {server.url}/view/torus\n" in out
+    assert "sequence torus (finished): 4 frames," in out
 
     out = tmp_path / "watched"
     assert main(["watch", "torus", "--server", server.url, "--from", "start", "--out", str(out)]) == 0
@@ -42,24 +46,31 @@ def test_upload_resume_and_watch_with_ply_output(server, frames_dir, tmp_path, c
     assert read_ply(written[3]).num_gaussians == 3000
 
     assert main(["watch", "nope", "--server", server.url]) == 1
-    assert "HTTP 404" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("splatcast watch: error: HTTP 404: ")
 
 
 def test_sync_client(server, frames_dir):
     plys = [p.read_bytes() for p in ply_files(frames_dir)]
     with SyncSplatcastClient(server.url) as client:
-        sid = client.create("sync", fps=10, codec={"gop": 3})["id"]
+        seq = client.create("sync", fps=10, codec={"gop": 3})
+        assert isinstance(seq, Sequence) and (seq.name, seq.fps, seq.status, seq.frames) == ("sync", 10, "open", 0)
+        sid = seq.id
         ups = client.upload_frames(sid, plys)
-        assert [u.status for u in ups] == [201] * 4
-        assert [u.frame["frame_type"] for u in ups][::3] == ["keyframe", "keyframe"]  # gop 3
-        client.finish(sid)
+        assert [u.status for u in ups] == [201] * 4 and [u.attempts for u in ups] == [1] * 4
+        assert [u.frame.frame_type for u in ups][::3] == ["keyframe", "keyframe"]  # gop 3
+        assert client.upload_frame(sid, 3, plys[3]).status == 200  # a stored frame: safe retry
+        finished = client.finish(sid)
+        assert (finished.status, finished.frames, finished.keyframes, finished.sh_degree) == ("finished", 4, 2, 0)
         frames = list(client.subscribe(sid, from_start=True))
         assert [f.index for f in frames] == [0, 1, 2, 3] and frames[0].decode_ms > 0
         late = list(client.subscribe(sid))  # a finished stream: from its latest keyframe
         assert [f.index for f in late] == [3] and late[0].frame_type == "keyframe"
-        assert sid in [s["id"] for s in client.list()] and len(client.frames(sid)) == 4
+        assert sid in [s.id for s in client.list()]
+        index = client.frames(sid)
+        assert all(isinstance(f, FrameInfo) for f in index) and [f.index for f in index] == [0, 1, 2, 3]
+        assert [f.bytes for f in index] == [u.frame.bytes for u in ups]
         assert client.download(sid)[4:8]  # non-empty stream
         client.delete(sid)
-        with pytest.raises(SplatcastError) as e:
+        with pytest.raises(ServerRefused) as e:
             client.get(sid)
-        assert e.value.status == 404
+        assert e.value.status == 404 and e.value.url == f"{server.url}/v1/sequences/{sid}"

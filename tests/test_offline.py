@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import re
 
 import pytest
 import torch
@@ -14,6 +16,11 @@ from splatcast.protocol import EndOfStream, StreamHeader, encode_message, read_s
 
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 ARGS = ["--gop", "3", "--codebook-size", "32", "--device", "cpu"]
+
+
+def last_line(stderr: str) -> str:
+    """The last line of stderr, where a progress bar's carriage returns also end lines."""
+    return re.split(r"[\r\n]", stderr.rstrip())[-1]
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -52,7 +59,7 @@ def test_decode_matches_encoder_reconstruction_bit_for_bit(encoded, tmp_path):
     rc, stdout, stderr = run("decode", out, "-o", tmp_path / "dec")
     assert rc == 0, stderr
     written = sorted((tmp_path / "dec").glob("*.ply"))
-    assert [p.name for p in written] == [f"frame_{i:04d}.ply" for i in range(5)]
+    assert [p.name for p in written] == [f"frame_{i:05d}.ply" for i in range(5)]
     encoder = FrameEncoder(CodecConfig(gop=3, codebook_size=32, device="cpu"))
     for path, ply in zip(src, written):
         expected = encoder.encode(read_ply(path)).reconstruction
@@ -82,16 +89,25 @@ def test_bad_inputs_give_an_error_and_status_1(encoded, tmp_path):
     other_codec.write_bytes(encode_message(StreamHeader("other", 1, {}, 0, 30.0)))
     garbage = tmp_path / "g.splatcast"
     garbage.write_bytes(b"\x00\x00\x00\x09not zstd!")
-    for argv in [("decode", truncated, "-o", tmp_path / "d1"), ("info", truncated),
-                 ("decode", no_header, "-o", tmp_path / "d2"), ("decode", other_codec, "-o", tmp_path / "d3"),
-                 ("decode", garbage, "-o", tmp_path / "d4"), ("info", garbage),
-                 ("decode", tmp_path / "missing.splatcast", "-o", tmp_path / "d5"),
-                 ("encode", tmp_path / "empty", "-o", tmp_path / "e.splatcast"),
-                 ("encode", out.parent, "-o", tmp_path / "e.splatcast"),  # no .ply there
-                 ("encode", frames_dir, "-o", tmp_path / "e.splatcast", "--gop", "0"),
-                 ("encode", frames_dir, "-o", tmp_path / "e.splatcast", "--zstd-level", "30")]:
+    cut = "after frame 3: stream ended inside a message"
+    cases = [(("decode", truncated, "-o", tmp_path / "d1"), 1, cut, truncated), (("info", truncated), 1, cut, truncated),
+             (("decode", no_header, "-o", tmp_path / "d2"), 1, "the stream does not start with a header", no_header),
+             (("decode", other_codec, "-o", tmp_path / "d3"), 1, "codec other v1 is not", other_codec),
+             (("decode", garbage, "-o", tmp_path / "d4"), 1, "not a splatcast stream", garbage),
+             (("info", garbage), 1, "not a splatcast stream", garbage),
+             (("decode", tmp_path / "missing.splatcast", "-o", tmp_path / "d5"), 1, "No such file or directory",
+              tmp_path / "missing.splatcast"),
+             (("encode", tmp_path / "empty", "-o", tmp_path / "e.splatcast"), 1, "no such directory",
+              tmp_path / "empty"),
+             (("encode", out.parent, "-o", tmp_path / "e.splatcast"), 1, "no .ply files in the directory", out.parent),
+             (("encode", frames_dir, "-o", tmp_path / "e.splatcast", "--gop", "0"), 2, "gop must be an int >= 1", ""),
+             (("encode", frames_dir, "-o", tmp_path / "e.splatcast", "--zstd-level", "30"), 2,
+              "--zstd-level must be in 1..22, got 30", "")]
+    for argv, code, what, which in cases:
         rc, _, stderr = run(*argv)
-        assert rc == 1 and "error: " in stderr, (argv, stderr)
+        line = last_line(stderr)  # after the progress bar, if any
+        assert rc == code and line.startswith(f"splatcast {argv[0]}: error: ") and what in line, (argv, stderr)
+        assert line.endswith(str(which)) and "Traceback" not in stderr, (argv, stderr)
     assert not (tmp_path / "e.splatcast").exists() and not (tmp_path / "e.splatcast.part").exists()
 
 
@@ -120,3 +136,23 @@ def test_empty_cut_and_overlong_streams_fail_and_say_why(encoded, tmp_path):
     rc, stdout, _ = run("info", tmp_path / "cut before the end message.splatcast")  # info shows what it read first
     rows = [line.split() for line in stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert "codec splatcast-vq" in stdout and [r[0] for r in rows] == ["0", "1", "2", "3", "4"]
+
+
+def test_json_output_of_encode_and_info(encoded, tmp_path):
+    _, _, _, frames_dir = encoded
+    out = tmp_path / "j.splatcast"
+    rc, stdout, stderr = run("encode", frames_dir, "-o", out, *ARGS, "--json")
+    assert rc == 0 and stderr == "", stderr  # no progress bar either
+    enc = json.loads(stdout)
+    assert [r["index"] for r in enc["frames"]] == [0, 1, 2, 3, 4]
+    assert [r["frame_type"] for r in enc["frames"]][0::3] == ["keyframe", "keyframe"]  # gop 3
+    assert enc["frames"][2]["file"].endswith("part9.ply") and enc["codec_params"]["gop"] == 3
+    assert enc["summary"]["stream_bytes"] == out.stat().st_size and enc["summary"]["frames"] == 5
+
+    rc, stdout, _ = run("info", out, "--json")
+    info = json.loads(stdout)
+    assert rc == 0 and info["header"]["frame_count"] == 5 and info["header"]["codec"] == "splatcast-vq"
+    assert [(f["index"], f["frame_type"], f["num_gaussians"], f["bytes"]) for f in info["frames"]] == \
+        [(r["index"], r["frame_type"], r["num_gaussians"], r["bytes"]) for r in enc["frames"]]
+    assert info["end"]["frame_count"] == 5 and info["summary"]["bytes"] == out.stat().st_size
+    assert info["summary"]["gaussians"] == sum(r["num_gaussians"] for r in enc["frames"])

@@ -90,8 +90,7 @@ def test_loot_live_fast_slow_and_late_subscribers_and_bad_uploads(server, loot_d
 
     async def scenario():
         async with SplatcastClient(server.url) as client:
-            seq = await client.create("loot", 30, {"gop": 15, "codebook_size": 64})
-            sid = seq["id"]
+            sid = (await client.create("loot", 30, {"gop": 15, "codebook_size": 64})).id
             fast, late = [], []
             seen15 = asyncio.Event()
 
@@ -103,7 +102,7 @@ def test_loot_live_fast_slow_and_late_subscribers_and_bad_uploads(server, loot_d
 
             async def late_sub():
                 await seen15.wait()
-                stored = (await client.get(sid))["frames"]
+                stored = (await client.get(sid)).frames
                 async for f in client.subscribe(sid):
                     late.append((stored, f))
 
@@ -133,8 +132,8 @@ def test_loot_live_fast_slow_and_late_subscribers_and_bad_uploads(server, loot_d
 
     info, stream, fast, late, slow_msgs = asyncio.run(scenario())
     keyframes = [f.index for f in fast if f.frame_type == "keyframe"]
-    assert (info["status"], info["frames"], info["keyframes"]) == ("finished", 30, len(keyframes))
-    assert info["ratio"] > 10 and info["subscribers"] == 0
+    assert (info.status, info.frames, info.keyframes) == ("finished", 30, len(keyframes))
+    assert info.ratio > 10 and info.subscribers == 0
     offline = offline_decode(stream, tmp_path)
     assert len(offline) == 30
 
@@ -172,12 +171,10 @@ def test_tracked_tile_batch_upload_then_paced_replay_equals_download(server, til
 
     async def scenario():
         async with SplatcastClient(server.url) as client:
-            sid = (await client.create("tile", 20, {"gop": 10, "codebook_size": 64}))["id"]
-            r = httpx.post(f"{server.url}/v1/sequences/{sid}/frames?finish=true", content=tar_bytes.getvalue(),
-                           headers={"Content-Type": "application/x-tar"}, timeout=120)
-            assert r.status_code == 201, r.text
-            assert [f["index"] for f in r.json()["frames"]] == list(range(20))
-            assert r.json()["sequence"]["status"] == "finished"
+            sid = (await client.create("tile", 20, {"gop": 10, "codebook_size": 64})).id
+            batch = await client.upload_batch(sid, tar_bytes.getvalue(), finish=True)
+            assert [f.index for f in batch.frames] == list(range(20))
+            assert (batch.sequence.status, batch.sequence.frames) == ("finished", 20)
             ws = await raw_connect(server.url, sid, "?from=start&pace=realtime")
             t0 = time.perf_counter()
             datas = [d async for d in ws]
@@ -203,18 +200,18 @@ def test_restart_loses_no_accepted_frame(tile_dir, tmp_path):
 
     async def before(url):
         async with SplatcastClient(url) as client:
-            sid = (await client.create("restart", 30, {"gop": 100, "codebook_size": 32}))["id"]
+            sid = (await client.create("restart", 30, {"gop": 100, "codebook_size": 32})).id
             await client.upload_frames(sid, plys[:3])
             return sid, await client.download(sid)
 
     async def after(url, sid):
         async with SplatcastClient(url) as client:
             info = await client.get(sid)
-            assert (info["status"], info["frames"]) == ("open", 3)
+            assert (info.status, info.frames) == ("open", 3)
             assert (await client.upload_frame(sid, 2, plys[2])).status == 200  # retry across the restart
             ups = await client.upload_frames(sid, plys[3:], start=3)
             await client.finish(sid)
-            return [u.frame["frame_type"] for u in ups], await client.download(sid)
+            return [u.frame.frame_type for u in ups], await client.download(sid)
 
     with BackgroundServer(settings) as srv:
         sid, stream_before = asyncio.run(before(srv.url))
@@ -267,7 +264,7 @@ def test_auth_and_limits(tmp_path):
         assert by_query.status_code == 200
         assert await status_of(client.create("x", codec={"gop": 0})) == 422
         assert await status_of(client.create("x", codec={"nope": 1})) == 422
-        sid = (await client.create("limits", 30, {"gop": 2, "codebook_size": 16}, seq_id="lim-1"))["id"]
+        sid = (await client.create("limits", 30, {"gop": 2, "codebook_size": 16}, seq_id="lim-1")).id
         assert sid == "lim-1"
         assert await status_of(client.create("again", seq_id="lim-1")) == 409
         assert await status_of(client.get("nope")) == 404
@@ -292,27 +289,27 @@ def test_auth_and_limits(tmp_path):
             async for f in client.subscribe(sid):
                 received.append(f.index)
         subscriber = asyncio.create_task(sub())
-        while (await client.get(sid))["subscribers"] < 1:
+        while (await client.get(sid)).subscribers < 1:
             await asyncio.sleep(0.05)
         assert await status_of(client.subscribe(sid).__anext__()) == 429
         await client.upload_frames(sid, small[:3])
         assert await status_of(client.upload_frame(sid, 3, small[3])) == 413  # max_frames
         info = await client.finish(sid)
-        assert info["status"] == "finished" and (await client.finish(sid))["status"] == "finished"
+        assert info.status == "finished" and (await client.finish(sid)).status == "finished"
         assert await status_of(client.upload_frame(sid, 3, small[3])) == 409
         await asyncio.wait_for(subscriber, 30)
         assert received == [0, 1, 2]
 
-        sid2 = (await client.create("sh"))["id"]
+        sid2 = (await client.create("sh")).id
         await client.upload_frame(sid2, 0, small[0])
         assert await status_of(client.upload_frame(sid2, 1, sh1)) == 422
-        assert await status_of(client.finish((await client.create("empty"))["id"])) == 409
+        assert await status_of(client.finish((await client.create("empty")).id)) == 409
 
         async def sub2():
             async for _ in client.subscribe(sid2):
                 pass
         subscriber = asyncio.create_task(sub2())
-        while (await client.get(sid2))["subscribers"] < 1:
+        while (await client.get(sid2)).subscribers < 1:
             await asyncio.sleep(0.05)
         assert await status_of(anon.delete(sid2)) == 401
         await client.delete(sid2)

@@ -30,7 +30,7 @@ def tcp_state(sock: socket.socket) -> int:
 
 async def wait_no_subscribers(client: SplatcastClient, sid: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while (await client.get(sid))["subscribers"]:
+    while (await client.get(sid)).subscribers:
         assert time.monotonic() < deadline, "the subscriber was not dropped"
         await asyncio.sleep(0.1)
 
@@ -48,7 +48,7 @@ def test_a_slow_subscriber_with_deep_client_buffers_skips_to_keyframes(tmp_path,
 
     async def scenario(url):
         async with SplatcastClient(url) as client:
-            sid = (await client.create("slow", 30, {"gop": 4, "codebook_size": 16}))["id"]
+            sid = (await client.create("slow", 30, {"gop": 4, "codebook_size": 16})).id
             ws = await raw_connect(url, sid, "?from=start", rcvbuf=4 * 1024 * 1024)
             await client.upload_frame(sid, 0, plys[0])
             datas = [await ws.recv(), await ws.recv()]  # header, frame 0; then it stops reading
@@ -87,7 +87,7 @@ def test_a_subscriber_that_stops_reading_is_dropped_and_its_socket_reset(tmp_pat
 
     async def scenario(url):
         async with SplatcastClient(url) as client:
-            sid = (await client.create("stuck", 30, {"gop": 100, "codebook_size": 16}))["id"]
+            sid = (await client.create("stuck", 30, {"gop": 100, "codebook_size": 16})).id
             await client.upload_frames(sid, (ply_bytes(f) for f in synthetic_frames(4, num_gaussians=60_000)))
             stuck = stuck_client(url, f"/v1/sequences/{sid}/stream?from=start")
             await wait_no_subscribers(client, sid, 20)
@@ -116,7 +116,7 @@ def test_a_live_subscriber_that_confirms_nothing_is_dropped_with_a_close_frame(t
 
     async def scenario(url):
         async with SplatcastClient(url) as client:
-            sid = (await client.create("gone", 30, {"gop": 3, "codebook_size": 16}))["id"]
+            sid = (await client.create("gone", 30, {"gop": 3, "codebook_size": 16})).id
             ws = await raw_connect(url, sid, rcvbuf=4 * 1024 * 1024)
             await client.upload_frame(sid, 0, plys[0])
             datas = [await ws.recv(), await ws.recv()]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from splatcast.cli import frame_name
+
 
 def register(subparsers) -> None:
     token_help = "bearer token (default: $SPLATCAST_TOKEN)"
@@ -35,49 +37,77 @@ def register(subparsers) -> None:
     w.set_defaults(func=watch)
 
 
+def _client(args: argparse.Namespace):
+    """The async client of ``--server`` with ``--token``; a URL that is not http(s) is a usage error."""
+    from splatcast.cli import UsageError
+    from splatcast.client.api import SplatcastClient
+
+    try:
+        return SplatcastClient(args.server, token=args.token)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def upload(args: argparse.Namespace) -> int:
+    """Create (or continue) a sequence, print its viewer link, upload the frames, finish it.
+
+    Raises ``CommandError`` (no PLY files; a frame refused, naming its file and URL) and the
+    client's ``SplatcastError``; ``main`` prints them.
+    """
+    import asyncio
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from splatcast.client.api import SplatcastClient, SplatcastError
-    from splatcast.codec import ply_files
+    from splatcast.cli import CommandError, ply_frames
+    from splatcast.client.api import ServerRefused
 
-    files = ply_files(args.input_dir)
+    files = ply_frames(args.input_dir)
 
     async def run() -> None:
-        async with SplatcastClient(args.server, token=args.token) as client:
-            codec = {"gop": args.gop} if args.gop else {}
+        async with _client(args) as client:
+            codec = {"gop": args.gop} if args.gop is not None else {}
             try:
                 name = args.name or Path(args.input_dir).resolve().name
                 seq = await client.create(name, args.fps, codec, args.seq_id)
-            except SplatcastError as e:
+                print(f"created sequence {seq.id}, watch it at {client.viewer_url(seq.id)}", flush=True)
+            except ServerRefused as e:
                 if e.status != 409 or args.seq_id is None:
                     raise
                 seq = await client.get(args.seq_id)  # continue it: stored frames are safe retries
-            with tqdm(total=len(files), unit="frame", desc=f"upload {seq['id']}") as bar:
+                print(f"continuing sequence {seq.id} ({seq.frames} frames stored), watch it at "
+                      f"{client.viewer_url(seq.id)}", flush=True)
+            with tqdm(total=len(files), unit="frame", desc=f"upload {seq.id}") as bar:
                 def progress(u):
-                    bar.set_postfix(type=u.frame["frame_type"], kb=u.frame["bytes"] // 1024,
-                                    enc_ms=round(u.frame["encode_ms"]))
+                    bar.set_postfix(type=u.frame.frame_type, kb=u.frame.bytes // 1024, enc_ms=round(u.frame.encode_ms))
                     bar.update()
-                await client.upload_frames(seq["id"], (p.read_bytes() for p in files),
-                                           fps=args.fps if args.live else None, progress=progress)
+                try:
+                    await client.upload_frames(seq.id, (p.read_bytes() for p in files),
+                                               fps=args.fps if args.live else None, progress=progress)
+                except ServerRefused as e:  # name the file as well as the URL
+                    raise CommandError(f"HTTP {e.status}: {e.detail}", f"{files[bar.n]}, {e.url}") from e
             if not args.no_finish:
-                await client.finish(seq["id"])
-            info = await client.get(seq["id"])
-            print(f"sequence {info['id']} ({info['status']}): {info['frames']} frames, {info['keyframes']} keyframes, "
-                  f"{info['stream_bytes']:,} bytes, {info['ratio']}x smaller than PLY, "
-                  f"{info['encode_ms_mean']} ms encode per frame")
+                await client.finish(seq.id)
+            info = await client.get(seq.id)
+            print(f"sequence {info.id} ({info.status}): {info.frames} frames, {info.keyframes} keyframes, "
+                  f"{info.stream_bytes:,} bytes, {info.ratio}x smaller than PLY, "
+                  f"{info.encode_ms_mean} ms encode per frame")
 
-    return _run(run())
+    asyncio.run(run())
+    return 0
 
 
 def watch(args: argparse.Namespace) -> int:
+    """Subscribe, print a line per decoded frame and a summary; ``--out`` writes OUT/frame_NNNNN.ply.
+
+    Raises the client's ``SplatcastError`` (404 after ``--wait``), ``ProtocolError``,
+    ``CodecError`` or OSError; ``main`` prints them.
+    """
     import asyncio
     import time
     from pathlib import Path
 
-    from splatcast.client.api import SplatcastClient, SplatcastError
+    from splatcast.client.api import ServerRefused
     from splatcast.codec import write_ply
 
     out = Path(args.out) if args.out else None
@@ -85,13 +115,13 @@ def watch(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
 
     async def run() -> None:
-        async with SplatcastClient(args.server, token=args.token) as client:
+        async with _client(args) as client:
             deadline = time.monotonic() + args.wait
             while True:
                 try:
                     await client.get(args.seq_id)
                     break
-                except SplatcastError as e:
+                except ServerRefused as e:
                     if e.status != 404 or time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.5)
@@ -105,27 +135,10 @@ def watch(args: argparse.Namespace) -> int:
                 print(f"{f.index:>6} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>8.1f} "
                       f"{f.decode_ms:>9.1f} {f.arrived_at - t0:>8.3f}", flush=True)
                 if out is not None:
-                    write_ply(f.frame, out / f"frame_{f.index:05d}.ply")
+                    write_ply(f.frame, out / frame_name(f.index))
             print(f"{count} frames decoded, {skipped} skipped to resync, {nbytes:,} bytes, "
                   f"{decode_ms / max(count, 1):.1f} ms decode per frame, {time.perf_counter() - t0:.2f} s"
                   + (f"; PLYs in {out}" if out else ""))
 
-    return _run(run())
-
-
-def _run(coro) -> int:
-    """Run a command's coroutine; a refused request, unreachable server, bad stream or bad file
-    (ProtocolError, CodecError and PlyError are ValueErrors) is a one-line error, exit 1."""
-    import asyncio
-    import sys
-
-    import httpx
-
-    from splatcast.client.api import SplatcastError
-
-    try:
-        asyncio.run(coro)
-    except (SplatcastError, OSError, httpx.HTTPError, ValueError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    asyncio.run(run())
     return 0
