@@ -71,9 +71,13 @@ def test_metrics_and_json_logs_after_a_real_upload_and_subscription(tmp_path, lo
 
         assert asyncio.run(scenario()) == [0, 1, 2, 3]
         assert httpx.get(f"{url}/v1/sequences/nope").status_code == 404
-        scrape = httpx.get(f"{url}/metrics")
-        assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
-        m = samples(scrape.text)
+        while True:  # the server's handler ends just after the client saw the close
+            scrape = httpx.get(f"{url}/metrics")
+            assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+            m = samples(scrape.text)
+            if m[("splatcast_subscribers", ())] == 0 or time.monotonic() > deadline + 30:
+                break
+            time.sleep(0.1)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -99,7 +103,7 @@ def test_metrics_and_json_logs_after_a_real_upload_and_subscription(tmp_path, lo
 
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     subscriber = [r for r in lines if r.get("event") == "subscriber"]
-    assert [r["outcome"] for r in subscriber] == ["joined", "finished"]
+    assert [r["outcome"] for r in subscriber] == ["joined", "finished"], subscriber
     assert subscriber[-1]["messages"] == 6 and subscriber[-1]["skipped"] == 0
     requests = [r for r in lines if r.get("event") == "request"]
     assert all({"time", "level", "logger", "method", "path", "route", "status", "ms"} <= r.keys() for r in requests)

@@ -132,3 +132,50 @@ def test_a_live_subscriber_that_confirms_nothing_is_dropped_with_a_close_frame(t
     assert close_code == 1008 and dropped_after < 15
     frames = [m for m in decode_messages(datas) if isinstance(m, FrameMessage)]
     assert [m.index for m in frames] == list(range(len(frames)))  # what it got before the drop, in order
+
+
+def test_subscribers_reading_slower_than_the_upload_skip_to_keyframes_and_end_with_a_close_frame(tmp_path):
+    """The reported case, scaled down: subscribers with the websockets client's default buffers read
+    one message every 0.25 s while a live upload runs several times faster. Each moves forward to
+    keyframes and ends with the end message and a normal close soon after the upload, instead of
+    getting every frame minutes late and being cut off without a close frame."""
+    from websockets.asyncio.client import connect
+
+    from splatcast.demo import synthetic_frames
+
+    plys = [ply_bytes(f) for f in synthetic_frames(40, num_gaussians=5000)]
+    settings = Settings(data_dir=tmp_path, subscriber_queue=3, max_lag_s=0.3, send_timeout_s=10, close_timeout_s=1)
+
+    async def slow(url: str, sid: str) -> tuple[list[bytes], int | None]:
+        datas = []
+        async with connect(f"{url.replace('http', 'ws')}/v1/sequences/{sid}/stream?from=start", max_size=None,
+                           compression=None) as ws:
+            try:
+                while True:
+                    datas.append(await ws.recv())
+                    await asyncio.sleep(0.25)
+            except ConnectionClosed:
+                return datas, ws.close_code
+
+    async def scenario(url):
+        async with SplatcastClient(url) as client:
+            sid = (await client.create("slow5", 30, {"gop": 5, "codebook_size": 16})).id
+            await client.upload_frame(sid, 0, plys[0])
+            readers = [asyncio.create_task(slow(url, sid)) for _ in range(3)]
+            t0 = time.monotonic()
+            await client.upload_frames(sid, plys[1:], start=1)
+            await client.finish(sid)
+            upload_s = time.monotonic() - t0
+            results = await asyncio.wait_for(asyncio.gather(*readers), 60)
+            return results, upload_s, time.monotonic() - t0 - upload_s
+
+    with BackgroundServer(settings) as srv:
+        results, upload_s, after_upload = asyncio.run(scenario(srv.url))
+    assert upload_s < 0.25 * 40 / 2, upload_s  # the readers are much slower than the upload
+    assert after_upload < 15, after_upload  # not minutes of stale frames after the upload ended
+    for datas, close_code in results:
+        msgs = decode_messages(datas)
+        assert close_code == 1000 and isinstance(msgs[-1], EndOfStream), close_code
+        frames = [m for m in msgs if isinstance(m, FrameMessage)]
+        jumps = [cur for prev, cur in itertools.pairwise(frames) if cur.index != prev.index + 1]
+        assert jumps and all(m.frame_type == "keyframe" for m in jumps), [m.index for m in frames]

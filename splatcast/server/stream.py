@@ -80,13 +80,13 @@ async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_sta
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         exc = sending.exception() if sending in done else None
-        if sending in done and exc is None:
+        if sender.ended:  # the end (or error) message went out: whoever closed first, the stream is complete
             outcome = "finished"
         elif exc is not None and watcher not in done and not isinstance(exc, WebSocketDisconnect):
             if isinstance(exc, SendTimeout):
                 outcome = "dropped"
                 who["reason"] = str(exc)
-                await _drop(ws, "too slow", settings.close_timeout_s)
+                await _drop(ws, "too slow", settings.close_timeout_s, settings.send_timeout_s)
             else:  # a bug: the detail goes to the log, the client learns only that the server failed
                 outcome = "failed"
                 log.error("stream of %s failed", seq_id, exc_info=exc)
@@ -115,17 +115,30 @@ async def _close_with_error(ws: WebSocket, code: str, message: str, timeout: flo
         pass
 
 
-async def _drop(ws: WebSocket, reason: str, timeout: float) -> None:
-    """Close with 1008 if the close frame is written within ``timeout``; reset the connection at once
-    if it is not, else ``timeout`` seconds later if the client has not completed the close by then."""
+async def _drop(ws: WebSocket, reason: str, timeout: float, catch_up: float) -> None:
+    """Close with 1008 and reset the connection once the client had its chance to read the close.
+
+    If the close frame is not written within ``timeout``, reset at once. Otherwise a client that
+    still reads may read what was sent before the close (a reset would discard what it has not
+    read, close frame included): the wait goes on while it answers a probe at least every
+    ``catch_up`` seconds (at most one wait per message in flight), then ``timeout`` more for it to
+    complete the close, before the reset.
+    """
+    conn = _connection(ws)
     try:
         await asyncio.wait_for(ws.close(1008, reason), timeout)
-        delay = timeout
     except (TimeoutError, OSError, RuntimeError):  # not writable in time, or already gone (uvicorn, starlette)
-        delay = 0.0
-    conn = _connection(ws)
-    if conn is not None:
-        conn.abort(delay)
+        if conn is not None:
+            conn.abort()
+        return
+    if conn is None:
+        return
+    while conn.in_flight:
+        try:
+            await conn.answer(catch_up)
+        except TimeoutError:
+            break
+    conn.abort(timeout)
 
 
 def _connection(ws: WebSocket) -> Connection | None:
@@ -149,6 +162,7 @@ class _Sender:
         self.ws, self.storage, self.sub, self.realtime, self.who = ws, seqs.storage, sub, realtime, who
         self.metrics = seqs.metrics
         self.messages_sent = 0
+        self.ended = False  # the end or error message was sent
         self.bytes_sent = 0
         self.seq_id = sub.seq_id
         self.conn = _connection(ws)
@@ -263,6 +277,7 @@ class _Sender:
     async def finish(self, message: bytes, code: int) -> None:
         """Send the last message, wait until the client has read everything, and close with ``code``."""
         await self.send(message)
+        self.ended = True
         while self.conn is not None and self.conn.in_flight:
             await self.client_progress()
         await self.ws.close(code)
