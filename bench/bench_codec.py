@@ -1,7 +1,7 @@
 """Codec benchmark on the shared sequences, side by side with the peers' figures (issue 2).
 
 usage: python bench/bench_codec.py [--seq A,B,C,D] [--workdir DIR] [--gop 30] [--codebook-size 256]
-                                   [--zstd-level 3] [--frames-csv OUT.csv]
+                                   [--zstd-level 3] [--psnr-views 4] [--psnr-size 256] [--psnr-every 1]
 
 Sequences (generated with ../shared/tools into WORKDIR, a temp dir unless given, and reused):
 A = tile_sh3_14k animated 30 frames; B = playbot_sh2_250k 10 frames with --jitter 0.0005;
@@ -11,6 +11,10 @@ Bytes are what goes on the wire: len(encode_message(FrameMessage(...))) (msgpack
 length prefix). Errors come from splatcast.codec.metrics.frame_errors against the input frame
 (rows matched with EncodedFrame.source_rows). Times are wall-clock on this machine: encode is
 FrameEncoder.encode, decode is FrameDecoder.decode (after the protocol has parsed the message).
+PSNR (dB) is splatcast.codec.metrics.view_quality: the input frame and the decoded frame
+rendered by splatcast.codec.render from the same --psnr-views orbit cameras at --psnr-size px
+(placed from the input frame), mean over views; every --psnr-every-th frame (0 views: off).
+Rendering is not counted in the encode/decode times.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 import torch
 
 from splatcast.codec import CodecConfig, FrameDecoder, FrameEncoder, GaussianFrame, read_ply
-from splatcast.codec.metrics import frame_errors
+from splatcast.codec.metrics import frame_errors, view_quality
 from splatcast.protocol import FrameMessage, StreamDecoder, encode_message
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +63,8 @@ def generate(name: str, workdir: Path) -> Path:
     return out
 
 
-def run(name: str, directory: Path, config: CodecConfig, level: int) -> dict:
+def run(name: str, directory: Path, config: CodecConfig, level: int, psnr_views: int = 4, psnr_size: int = 256,
+        psnr_every: int = 1) -> dict:
     paths = sorted(directory.glob("*.ply"))
     encoder, decoder, parser = FrameEncoder(config), FrameDecoder(), StreamDecoder()
     rows = []
@@ -78,12 +83,15 @@ def run(name: str, directory: Path, config: CodecConfig, level: int) -> dict:
         ref = GaussianFrame(**{k: getattr(frame, k)[idx] for k in
                                ("means", "scales", "quats", "opacities", "sh0", "shN")})
         err = frame_errors(ref, dec)
+        psnr = float("nan")
+        if psnr_views > 0 and i % psnr_every == 0:
+            psnr = view_quality(frame, dec, psnr_views, psnr_size)["psnr"]
         rows.append(dict(frame=i, type=enc.frame_type, n=enc.num_gaussians, bytes=len(data),
                          ply=path.stat().st_size, enc_ms=1e3 * t_enc, dec_ms=1e3 * t_dec,
-                         step=enc.payload.get("step", float("nan")), **err))
+                         step=enc.payload.get("step", float("nan")), psnr=psnr, **err))
         print(f"  {name} {i:3d} {enc.frame_type:10s} {len(data) / enc.num_gaussians:6.2f} B/G "
               f"enc {1e3 * t_enc:7.0f} ms dec {1e3 * t_dec:5.1f} ms pos_max {err['position_max_abs']:.2e} "
-              f"col {err['color_rmse_255']:.2f}/255", flush=True)
+              f"col {err['color_rmse_255']:.2f}/255 PSNR {psnr:.2f} dB", flush=True)
     return dict(name=name, rows=rows)
 
 
@@ -99,6 +107,10 @@ def summarise(res: dict) -> dict:
     def mean(rs, key):
         return float(np.mean([r[key] for r in rs])) if rs else float("nan")
 
+    def psnr(rs):  # mean over the evaluated frames (NaN: not evaluated)
+        vals = [r["psnr"] for r in rs if not np.isnan(r["psnr"])]
+        return float(np.mean(vals)) if vals else float("nan")
+
     key, inter, intra = pick("keyframe"), pick("interframe"), pick("intra")
     return dict(
         name=res["name"], key=bpg(key), inter=bpg(inter), intra=bpg(intra),
@@ -111,13 +123,15 @@ def summarise(res: dict) -> dict:
         shN=mean(rows, "shN_rmse"), enc_key=mean(key, "enc_ms"),
         enc_other=mean(inter + intra, "enc_ms"), dec=mean(rows, "dec_ms"),
         types="".join(r["type"][0].upper() for r in rows),
+        psnr_key=psnr(key), psnr_inter=psnr(inter), psnr_intra=psnr(intra), psnr_all=psnr(rows),
+        psnr_min=min((r["psnr"] for r in rows if not np.isnan(r["psnr"])), default=float("nan")),
     )
 
 
 def table(summaries: list[dict]) -> str:
     head = ("| seq | key B/G | inter B/G | intra B/G | ratio vs PLY | pos max key / all (step) "
             "| colour RMSE /255 | opacity RMSE | scale rel | rot deg | shN RMSE | enc key / other ms "
-            "| dec ms | gsvv key/inter | splats4d key/inter |")
+            "| dec ms | PSNR dB key / inter / intra (all, min) | gsvv key/inter | splats4d key/inter |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summaries:
         gsvv, s4d = PEERS[s["name"]]
@@ -125,7 +139,9 @@ def table(summaries: list[dict]) -> str:
             f"| {s['name']} | {s['key']:.2f} | {s['inter']:.2f} | {s['intra']:.2f} | {s['ratio']:.0f} "
             f"| {s['pos_max_key']:.2e} / {s['pos_max']:.2e} ({s['step']:.2e}) | {s['color']:.2f} "
             f"| {s['opacity']:.4f} | {s['scale']:.3f} | {s['rot']:.2f} | {s['shN']:.4f} "
-            f"| {s['enc_key']:.0f} / {s['enc_other']:.0f} | {s['dec']:.1f} | {gsvv} | {s4d} |")
+            f"| {s['enc_key']:.0f} / {s['enc_other']:.0f} | {s['dec']:.1f} "
+            f"| {s['psnr_key']:.2f} / {s['psnr_inter']:.2f} / {s['psnr_intra']:.2f} "
+            f"({s['psnr_all']:.2f}, {s['psnr_min']:.2f}) | {gsvv} | {s4d} |")
     return "\n".join(lines)
 
 
@@ -136,6 +152,9 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=CodecConfig.gop)
     ap.add_argument("--codebook-size", type=int, default=CodecConfig.codebook_size)
     ap.add_argument("--zstd-level", type=int, default=3)
+    ap.add_argument("--psnr-views", type=int, default=4, help="orbit views per frame for PSNR (0: no PSNR)")
+    ap.add_argument("--psnr-size", type=int, default=256, help="rendered image size in px")
+    ap.add_argument("--psnr-every", type=int, default=1, help="PSNR of every N-th frame only")
     a = ap.parse_args()
     config = CodecConfig(gop=a.gop, codebook_size=a.codebook_size)
     print(f"load average at the start (1, 5, 15 min): {os.getloadavg()}")
@@ -144,7 +163,8 @@ def main() -> None:
         summaries = []
         for name in a.seq.split(","):
             print(f"{name}: {SEQUENCES[name][2]}", flush=True)
-            summaries.append(summarise(run(name, generate(name, workdir), config, a.zstd_level)))
+            summaries.append(summarise(run(name, generate(name, workdir), config, a.zstd_level,
+                                           a.psnr_views, a.psnr_size, max(a.psnr_every, 1))))
             print(f"  types {summaries[-1]['types']}")
     print()
     print(table(summaries))
