@@ -125,7 +125,8 @@ def report(state: dict, drawing: bool) -> None:
             continue
         stages = {k: statistics.median(f[k] for f in rows) for k in ("unpackMs", "reconstructMs", "packMs")}
         kb = statistics.median(f["bytes"] for f in rows) / 1024
-        print(f"  worker decode, {ftype:10s} x{len(rows):3d}: median {statistics.median(f['decodeMs'] for f in rows):6.1f} ms,"
+        decode_ms = statistics.median(f["decodeMs"] for f in rows)
+        print(f"  worker decode, {ftype:10s} x{len(rows):3d}: median {decode_ms:6.1f} ms,"
               f" max {max(f['decodeMs'] for f in rows):6.1f} ms (zstd+msgpack {stages['unpackMs']:.1f},"
               f" codec {stages['reconstructMs']:.1f}, pack {stages['packMs']:.1f}); {kb:.0f} KiB/frame")
     span = (log[-1]["at"] - log[0]["at"]) / 1000

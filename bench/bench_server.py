@@ -72,7 +72,7 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
             return proc, url
         except httpx.HTTPError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
+                raise RuntimeError("server did not start") from None
             time.sleep(0.3)
 
 
@@ -233,7 +233,7 @@ def main() -> None:
                 kept, worst = asyncio.run(fanout(url, loot, n, args.loot_frames, 30.0, args.late_ms))
                 print(f"{n:>4} subscribers: {kept:>4} kept up (all frames, <= {args.late_ms:g} ms late), "
                       f"worst lateness {worst:.0f} ms", flush=True)
-            print(f"\n== live fan-out: loot uploaded at up to 30 fps to N subscribers joined before frame 0")
+            print("\n== live fan-out: loot uploaded at up to 30 fps to N subscribers joined before frame 0")
             for n in map(int, args.live_subscribers.split(",")):
                 kept, p99, worst = asyncio.run(live_fanout(url, data["loot"], n, 30.0))
                 print(f"{n:>4} subscribers: {kept:>4} got every frame; a frame reached the last subscriber "

@@ -26,8 +26,7 @@ import msgpack
 import numpy as np
 import zstandard
 
-from splatcast.protocol import (EndOfStream, ErrorMessage, FrameMessage, Message, StreamHeader,
-                                encode_message)
+from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, Message, StreamHeader, encode_message
 from splatcast.protocol.wire import message_map
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "vectors"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from splatcast import __version__
 
-COMMAND_MODULES = ("splatcast.offline", "splatcast.evaluate", "splatcast.server.cli", "splatcast.client.cli", "splatcast.demo")
+COMMAND_MODULES = ("splatcast.offline", "splatcast.evaluate", "splatcast.server.cli", "splatcast.client.cli",
+                   "splatcast.demo")
 
 
 class CommandError(Exception):

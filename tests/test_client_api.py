@@ -13,8 +13,16 @@ import socket
 import httpx
 import pytest
 
-from splatcast.client import (Batch, ConnectionFailed, FrameInfo, Sequence, ServerRefused, SplatcastClient,
-                              SplatcastError, SyncSplatcastClient)
+from splatcast.client import (
+    Batch,
+    ConnectionFailed,
+    FrameInfo,
+    Sequence,
+    ServerRefused,
+    SplatcastClient,
+    SplatcastError,
+    SyncSplatcastClient,
+)
 from splatcast.codec import ply_bytes
 from splatcast.demo import synthetic_frames
 from splatcast.server import BackgroundServer, Settings

@@ -6,8 +6,7 @@ import pytest
 
 from splatcast.cli import main
 from splatcast.client import FrameInfo, Sequence, ServerRefused, SyncSplatcastClient
-from splatcast.codec import ply_files
-from splatcast.codec import read_ply
+from splatcast.codec import ply_files, read_ply
 from splatcast.server import BackgroundServer, Settings
 
 

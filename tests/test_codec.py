@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import shared_path
 
-from splatcast.codec import (CodecConfig, CodecError, FrameDecoder, FrameEncoder, GaussianFrame,
-                             read_ply)
+from splatcast.codec import CodecConfig, CodecError, FrameDecoder, FrameEncoder, GaussianFrame, read_ply
 from splatcast.codec.metrics import frame_errors
 from splatcast.protocol import FrameMessage, encode_message
 
@@ -72,7 +71,7 @@ def test_tracked_sequence_round_trip(tile_frames):
     step = result[0][0].payload["step"]
     key_color = result[0][2]["color_rmse_255"]
     assert key_color < 17  # the tile's sh0 is heavy-tailed (colours up to 4.0)
-    for enc, dec, err, size in result:
+    for enc, dec, err, _ in result:
         assert err["position_max_abs"] <= position_bound(enc, step)
         # a keyframe is forced before a group's mean squared VQ error exceeds 4x the keyframe's
         assert err["color_rmse_255"] <= 2 * key_color and err["opacity_rmse"] < 0.01
@@ -87,7 +86,7 @@ def test_untracked_loot_round_trip(loot_frames):
     result = round_trip(loot_frames)
     assert [enc.frame_type for enc, *_ in result] == ["keyframe"] + ["intra"] * 9
     assert result[0][0].payload["step"] == pytest.approx(0.0078125, rel=1e-5)  # the voxel lattice
-    for enc, dec, err, size in result:
+    for enc, _, err, size in result:
         assert err["position_max_abs"] <= 1e-3  # within 1 mm (the voxels are 7.8 mm)
         assert err["color_rmse_255"] <= 2.0
         assert err["opacity_rmse"] < 1e-3 and err["scale_rel_max"] < 1e-3
@@ -116,7 +115,7 @@ def test_lower_sh_degrees_and_infinite_opacity(tile_frames, degree):
     opac[:50] = float("inf")  # as in the biker scene
     seq = [replace(f, shN=f.shN[:, :k].contiguous(), opacities=opac)] * 2
     result = round_trip(seq)
-    for enc, dec, err, _ in result:
+    for _, dec, err, _ in result:
         assert dec.sh_degree == degree and torch.isfinite(dec.opacities).all()
         assert err["opacity_rmse"] < 0.01
     assert result[1][0].frame_type == "interframe" and result[1][3] < 300  # nothing changed

@@ -47,7 +47,10 @@ def test_known_perturbations(tile):
         shN=tile.shN - 0.05,
     )
     e = frame_errors(replace(tile, opacities=opacities), decoded)
-    approx = lambda x: pytest.approx(x, rel=2e-3)
+
+    def approx(x):
+        return pytest.approx(x, rel=2e-3)
+
     assert e["position_max_abs"] == approx(0.01)
     assert e["position_rmse"] == approx(0.01 / math.sqrt(3))
     assert e["scale_rel_mean"] == approx(0.02) and e["scale_rel_max"] == approx(0.02)

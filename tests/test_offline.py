@@ -90,7 +90,8 @@ def test_bad_inputs_give_an_error_and_status_1(encoded, tmp_path):
     garbage = tmp_path / "g.splatcast"
     garbage.write_bytes(b"\x00\x00\x00\x09not zstd!")
     cut = "after frame 3: stream ended inside a message"
-    cases = [(("decode", truncated, "-o", tmp_path / "d1"), 1, cut, truncated), (("info", truncated), 1, cut, truncated),
+    cases = [(("decode", truncated, "-o", tmp_path / "d1"), 1, cut, truncated),
+             (("info", truncated), 1, cut, truncated),
              (("decode", no_header, "-o", tmp_path / "d2"), 1, "the stream does not start with a header", no_header),
              (("decode", other_codec, "-o", tmp_path / "d3"), 1, "codec other v1 is not", other_codec),
              (("decode", garbage, "-o", tmp_path / "d4"), 1, "not a splatcast stream", garbage),

@@ -68,7 +68,10 @@ def test_real_scene_matches_plyfile_by_name(name):
         assert_same(frame, read_ply(memoryview(bytearray(path.read_bytes()))))
     assert (frame.num_gaussians, frame.sh_degree) == SCENES[name]
     v = PlyData.read(str(path))["vertex"].data
-    col = lambda *names: torch.from_numpy(np.stack([v[n] for n in names], axis=1).astype(np.float32))
+
+    def col(*names):
+        return torch.from_numpy(np.stack([v[n] for n in names], axis=1).astype(np.float32))
+
     assert torch.equal(frame.means, col("x", "y", "z"))
     assert torch.equal(frame.quats, col("rot_0", "rot_1", "rot_2", "rot_3"))
     assert torch.equal(frame.scales, col("scale_0", "scale_1", "scale_2"))

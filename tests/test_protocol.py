@@ -16,10 +16,24 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import splatcast.protocol as proto
-from splatcast.protocol import (DTYPES, FRAME_TYPES, EndOfStream, ErrorMessage, FrameMessage,
-                                FramingError, LimitExceeded, Limits, ProtocolError, SchemaError,
-                                StreamDecoder, StreamHeader, encode_message, read_stream,
-                                read_stream_sized, write_stream)
+from splatcast.protocol import (
+    DTYPES,
+    FRAME_TYPES,
+    EndOfStream,
+    ErrorMessage,
+    FrameMessage,
+    FramingError,
+    LimitExceeded,
+    Limits,
+    ProtocolError,
+    SchemaError,
+    StreamDecoder,
+    StreamHeader,
+    encode_message,
+    read_stream,
+    read_stream_sized,
+    write_stream,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors"

@@ -15,8 +15,17 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from splatcast.protocol import (DecompressionError, FrameMessage, LimitExceeded, Limits, ProtocolError,
-                                SchemaError, StreamDecoder, VersionError, encode_message)
+from splatcast.protocol import (
+    DecompressionError,
+    FrameMessage,
+    LimitExceeded,
+    Limits,
+    ProtocolError,
+    SchemaError,
+    StreamDecoder,
+    VersionError,
+    encode_message,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_vectors", REPO / "scripts" / "make_vectors.py")

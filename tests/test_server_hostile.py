@@ -9,11 +9,11 @@ import os
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from splatcast.codec import ply_files
 from splatcast.protocol import EndOfStream, FrameMessage, StreamDecoder, StreamHeader
@@ -93,7 +93,7 @@ def test_non_ascii_bearer_tokens_are_refused_with_401(tmp_path):
         response = raw_exchange(srv.url, f"GET /v1/sequences/{sid}/stream?token=%C3%A4%ED%A0%80 HTTP/1.1\r\n"
                                 f"Host: {host_port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                                "Authorization: Bearer \u00e4\r\n\r\n".encode("utf-8"))
+                                "Authorization: Bearer \u00e4\r\n\r\n".encode())
         assert status_line(response).startswith("HTTP/1.1 401"), response[:200]
 
 

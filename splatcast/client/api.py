@@ -368,7 +368,8 @@ class SplatcastClient:
                                open_timeout=self.open_timeout, max_size=self.limits.max_message_bytes + 4)
         except InvalidStatus as e:
             status = e.response.status_code
-            raise ServerRefused(status, _refusal_detail(e.response.body or b"", e.response.reason_phrase), url) from None
+            detail = _refusal_detail(e.response.body or b"", e.response.reason_phrase)
+            raise ServerRefused(status, detail, url) from None
         except (OSError, TimeoutError, WebSocketException) as e:
             raise ConnectionFailed(f"cannot open the stream ({_describe(e)})", url) from e
         async with ws:

@@ -70,7 +70,7 @@ class CodecConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CodecConfig":
+    def from_dict(cls, d: dict) -> CodecConfig:
         """Build from a dict such as ``to_dict()``'s; unknown keys or bad values: ``ValueError``."""
         if not isinstance(d, dict):
             raise ValueError(f"invalid CodecConfig: expected a dict, got {type(d).__name__}")

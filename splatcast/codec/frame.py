@@ -75,6 +75,6 @@ class GaussianFrame:
     def device(self) -> torch.device:
         return self.means.device
 
-    def to(self, device: str | torch.device) -> "GaussianFrame":
+    def to(self, device: str | torch.device) -> GaussianFrame:
         """Return a copy of this frame on ``device`` (no copy if already there)."""
         return GaussianFrame(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

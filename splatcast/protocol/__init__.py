@@ -5,12 +5,21 @@ msgpack map; a `.splatcast` file, an HTTP download and a WebSocket stream carry 
 messages. This package does not import `splatcast.codec`: payloads are opaque dicts.
 """
 
-from .errors import (DecompressionError, FramingError, LimitExceeded, ProtocolError, SchemaError,
-                     VersionError)
+from .errors import DecompressionError, FramingError, LimitExceeded, ProtocolError, SchemaError, VersionError
 from .files import read_stream, read_stream_sized, write_stream
 from .framing import StreamDecoder
-from .messages import (DTYPES, FRAME_TYPES, MAGIC, PROTOCOL_VERSION, EndOfStream, ErrorMessage,
-                       FrameMessage, Message, Payload, StreamHeader)
+from .messages import (
+                     DTYPES,
+                     FRAME_TYPES,
+                     MAGIC,
+                     PROTOCOL_VERSION,
+                     EndOfStream,
+                     ErrorMessage,
+                     FrameMessage,
+                     Message,
+                     Payload,
+                     StreamHeader,
+)
 from .wire import Limits, encode_message
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +30,8 @@ DTYPES: dict[str, np.dtype] = {
     for name in ("|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8")
 }
 
-Payload = Union[np.ndarray, int, float, str, bool, dict[str, "Payload"]]
-Scalar = Union[None, bool, int, float, str]
+Payload = np.ndarray | int | float | str | bool | dict[str, "Payload"]
+Scalar = None | bool | int | float | str
 
 
 def _int(name: str, value: Any, lo: int = 0, hi: int = MAX_FIELD_INT) -> int:
@@ -155,6 +155,6 @@ class ErrorMessage:
         _str("message", self.message)
 
 
-Message = Union[StreamHeader, FrameMessage, EndOfStream, ErrorMessage]
+Message = StreamHeader | FrameMessage | EndOfStream | ErrorMessage
 MESSAGE_TYPES: dict[str, type] = {"header": StreamHeader, "frame": FrameMessage,
                                   "end": EndOfStream, "error": ErrorMessage}

@@ -16,7 +16,8 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import IO, Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Path as PathParam, Query, Request, Response, WebSocket
+from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from functools import partial
 
 import uvicorn
 
@@ -13,7 +12,7 @@ from splatcast.server.app import create_app
 from splatcast.server.http_limits import http_protocol
 from splatcast.server.logs import log_config
 from splatcast.server.settings import Settings
-from splatcast.server.ws_protocol import SplatcastWebSocketProtocol
+from splatcast.server.ws_protocol import ws_protocol
 
 
 def make_server(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
@@ -37,7 +36,7 @@ def make_server(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
     sock.listen(1024)
     config = uvicorn.Config(create_app(settings), log_config=log_config(settings.log_level, settings.log_format),
                             access_log=False, http=http_protocol(settings),
-                            ws=partial(SplatcastWebSocketProtocol, linger_s=settings.close_timeout_s),
+                            ws=ws_protocol(settings.close_timeout_s),
                             ws_per_message_deflate=False,
                             ws_max_size=64 * 1024, timeout_graceful_shutdown=3)
     return uvicorn.Server(config), sock
@@ -61,7 +60,7 @@ class BackgroundServer:
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="splatcast-server", daemon=True)
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         self.thread.start()
         deadline = time.monotonic() + self.start_timeout
         while not self.server.started:

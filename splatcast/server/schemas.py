@@ -41,7 +41,7 @@ class FrameOut(BaseModel):
     received_at: float = Field(description="Unix time the upload was accepted.")
 
     @classmethod
-    def of(cls, r: FrameRecord) -> "FrameOut":
+    def of(cls, r: FrameRecord) -> FrameOut:
         return cls(index=r.index, frame_type=r.frame_type, num_gaussians=r.num_gaussians,  # type: ignore[arg-type]
                    bytes=r.length, raw_bytes=r.raw_bytes, encode_ms=round(r.encode_ms, 3),
                    received_at=r.received_at)
@@ -67,7 +67,7 @@ class SequenceOut(BaseModel):
     codec: dict[str, Any] = Field(description="The CodecConfig fixed at creation.")
 
     @classmethod
-    def of(cls, info: SequenceInfo, subscribers: int) -> "SequenceOut":
+    def of(cls, info: SequenceInfo, subscribers: int) -> SequenceOut:
         return cls(
             id=info.id, name=info.name, fps=info.fps, status="finished" if info.finished else "open",
             created_at=info.created_at, sh_degree=info.sh_degree, frames=info.frame_count,

@@ -14,6 +14,7 @@ what was committed before intact and readable, listable and deletable.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import os
@@ -106,7 +107,7 @@ class Storage(Protocol):
     def finish(self, seq_id: str, end_message: bytes) -> None:
         """Durably append the end message and mark the sequence finished."""
 
-    def frames(self, seq_id: str, start: int = 0, stop: int | None = None) -> list[FrameRecord]:
+    def frames(self, seq_id: str, start: int = 0, stop: int | None = None) -> builtins.list[FrameRecord]:
         """Index rows of frames ``start`` <= index < ``stop`` (None = all after), in order."""
 
     def read(self, seq_id: str, offset: int, length: int) -> bytes:
@@ -187,7 +188,7 @@ class SqliteStorage:
             self._path(info.id).write_bytes(b"")  # a crash before this leaves a row without a file: see append
             _fsync_dir(self.streams)
 
-    def _infos(self, where: str, params: tuple) -> list[SequenceInfo]:
+    def _infos(self, where: str, params: tuple) -> builtins.list[SequenceInfo]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT s.id, s.name, s.fps, s.codec, s.created_at, s.finished, s.sh_degree, s.header_bytes,"
@@ -270,7 +271,7 @@ class SqliteStorage:
         with _faults(f"finishing {seq_id}"):
             self._write("UPDATE sequences SET finished = 1, end_bytes = ? WHERE id = ?", len(end_message), seq_id)
 
-    def frames(self, seq_id: str, start: int = 0, stop: int | None = None) -> list[FrameRecord]:
+    def frames(self, seq_id: str, start: int = 0, stop: int | None = None) -> builtins.list[FrameRecord]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_FRAME_COLS} FROM frames WHERE seq_id = ? AND idx >= ? AND idx < ?"
                                     " ORDER BY idx", (seq_id, start, 2**62 if stop is None else stop)).fetchall()

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
@@ -58,7 +59,7 @@ async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_sta
     or refused) and updates the subscriber metrics.
     """
     settings, metrics = seqs.settings, seqs.metrics
-    who = {"seq": seq_id, "client": "%s:%s" % ws.client if ws.client else None}
+    who: dict[str, Any] = {"seq": seq_id, "client": f"{ws.client[0]}:{ws.client[1]}" if ws.client else None}
     try:
         await asyncio.to_thread(seqs.get, seq_id)
         sub = seqs.hub.subscribe(seq_id, settings.subscriber_queue, settings.max_subscribers)
@@ -87,6 +88,9 @@ async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_sta
                 outcome = "dropped"
                 who["reason"] = str(exc)
                 await _drop(ws, "too slow", settings.close_timeout_s, settings.send_timeout_s)
+            elif isinstance(exc, ServerError):  # the sequence went away under the sender
+                outcome = "failed"
+                await _close_with_error(ws, "gone", str(exc), settings.send_timeout_s)
             else:  # a bug: the detail goes to the log, the client learns only that the server failed
                 outcome = "failed"
                 log.error("stream of %s failed", seq_id, exc_info=exc)
@@ -158,8 +162,8 @@ def _batches(rows: list[FrameRecord], max_bytes: int) -> Iterator[list[FrameReco
 
 
 class _Sender:
-    def __init__(self, ws: WebSocket, seqs: Sequences, sub: Subscription, realtime: bool, who: dict) -> None:
-        self.ws, self.storage, self.sub, self.realtime, self.who = ws, seqs.storage, sub, realtime, who
+    def __init__(self, ws: WebSocket, seqs: Sequences, sub: Subscription, realtime: bool, who: dict[str, Any]) -> None:
+        self.ws, self.seqs, self.storage, self.sub, self.realtime, self.who = ws, seqs, seqs.storage, sub, realtime, who
         self.metrics = seqs.metrics
         self.messages_sent = 0
         self.ended = False  # the end or error message was sent
@@ -234,8 +238,8 @@ class _Sender:
     async def send_frame(self, index: int, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         if not self.header_sent:
-            if not self.header_bytes:  # frame 0 came live
-                self.header_bytes = (await asyncio.to_thread(self.storage.get, self.seq_id)).header_bytes
+            if not self.header_bytes:  # frame 0 came live (NotFound if the sequence was deleted meanwhile)
+                self.header_bytes = (await asyncio.to_thread(self.seqs.get, self.seq_id)).header_bytes
             await self.send(await asyncio.to_thread(self.storage.read, self.seq_id, 0, self.header_bytes))
             self.header_sent = True
         if self.realtime:
@@ -253,9 +257,10 @@ class _Sender:
         ``max_lag_s`` ago. Raises ``SendTimeout`` when the client answers no probe, or takes no
         message, for ``send_timeout_s``.
         """
-        while self.conn is not None and self.conn.in_flight and (
-                self.conn.in_flight >= self.max_in_flight or self.conn.unanswered_for() > self.max_lag):
-            await self.client_progress()
+        conn = self.conn
+        while conn is not None and conn.in_flight and (
+                conn.in_flight >= self.max_in_flight or conn.unanswered_for() > self.max_lag):
+            await self.client_progress(conn)
         try:
             await asyncio.wait_for(self.ws.send_bytes(data), self.timeout)
         except TimeoutError:
@@ -267,10 +272,10 @@ class _Sender:
         if self.conn is not None:
             self.conn.probe()
 
-    async def client_progress(self) -> None:
+    async def client_progress(self, conn: Connection) -> None:
         """Wait until the client answers a probe; ``SendTimeout`` once the oldest is ``send_timeout_s`` old."""
         try:
-            await self.conn.answer(self.timeout - self.conn.unanswered_for())
+            await conn.answer(self.timeout - conn.unanswered_for())
         except TimeoutError:
             raise SendTimeout(f"the client answered no ping for {self.timeout:g} s") from None
 
@@ -279,5 +284,5 @@ class _Sender:
         await self.send(message)
         self.ended = True
         while self.conn is not None and self.conn.in_flight:
-            await self.client_progress()
+            await self.client_progress(self.conn)
         await self.ws.close(code)

@@ -108,11 +108,12 @@ class Connection:
 
 class SplatcastWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``WebSocketsSansIOProtocol`` with a ``Connection`` in the scope and an abort ``linger_s``
-    seconds after the application returned (pass as ``uvicorn.Config(ws=functools.partial(...))``)."""
+    seconds after the application returned (``ws_protocol(linger_s)`` makes the class for uvicorn)."""
 
-    def __init__(self, *args: Any, linger_s: float = 5.0, **kwargs: Any) -> None:
+    linger_s = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.linger_s = linger_s
         self.connection = Connection(self)
 
     def handle_connect(self, event: Any) -> None:
@@ -132,3 +133,8 @@ class SplatcastWebSocketProtocol(WebSocketsSansIOProtocol):
     async def run_asgi(self) -> None:
         await super().run_asgi()
         self.connection.abort(self.linger_s)
+
+
+def ws_protocol(linger_s: float) -> type[SplatcastWebSocketProtocol]:
+    """The WebSocket protocol class for uvicorn (``Config(ws=...)``) that aborts ``linger_s`` s after the app."""
+    return type("SplatcastWebSocketProtocol", (SplatcastWebSocketProtocol,), {"linger_s": linger_s})
