@@ -9,14 +9,16 @@ import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import splatcast
 from splatcast.codec import ply_files
-from splatcast.protocol import EndOfStream, FrameMessage, StreamDecoder, StreamHeader
+from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, StreamDecoder, StreamHeader
 from splatcast.server import BackgroundServer, Settings, create_app
 
 
@@ -295,3 +297,50 @@ def test_fuzzed_bodies_never_get_a_5xx(tmp_path, body, raw):
         assert r.status_code < 500, r.text
         if r.status_code >= 400:
             assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+
+
+def test_openapi_json_describes_every_response_field(tmp_path):
+    app = create_app(Settings(data_dir=tmp_path, token="t"))
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return (await c.get("/openapi.json")).json()
+
+    spec = asyncio.run(go())
+    assert spec["info"]["version"] == splatcast.__version__
+    for name in ("SequenceOut", "FrameOut", "BatchOut", "ErrorOut", "HealthOut"):
+        props = spec["components"]["schemas"][name]["properties"]
+        assert all("description" in p for p in props.values()), (name, [k for k, p in props.items()
+                                                                         if "description" not in p])
+
+
+def test_websocket_failures_tell_the_client_no_internals(tmp_path, loot_plys, caplog):
+    """A bug while streaming: the client gets a generic error message and close 1011; the detail is logged."""
+    from starlette.testclient import TestClient
+
+    app = create_app(Settings(data_dir=tmp_path))
+    with TestClient(app) as client:
+        sid = client.post("/v1/sequences", json={"codec": {"codebook_size": 16}}).json()["id"]
+        assert client.put(f"/v1/sequences/{sid}/frames/0", content=loot_plys[0]).status_code == 201
+        storage = app.state.sequences.storage
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("secret internal detail /var/lib/db")
+
+        storage.frames = broken
+        with client.websocket_connect(f"/v1/sequences/{sid}/stream") as ws:
+            messages = StreamDecoder().feed(ws.receive_bytes())
+            closed = ws.receive()
+    (error,) = messages
+    assert isinstance(error, ErrorMessage) and error.code == "internal"
+    assert "secret" not in error.message and closed["code"] == 1011
+    assert "secret internal detail" in caplog.text
+
+
+def test_the_domain_layer_knows_nothing_of_http_frameworks():
+    """Sequences, storage and the hub raise the server's own error tree; only routes/app speak HTTP."""
+    import splatcast.server as server_pkg
+
+    for module in ("sequences", "storage", "hub", "errors"):
+        source = (Path(server_pkg.__file__).parent / f"{module}.py").read_text()
+        assert "fastapi" not in source and "starlette" not in source and "HTTPException" not in source, module
