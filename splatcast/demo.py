@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported only when frames are made: `splatcast --help` stays fast
@@ -89,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
     return _demo(plys, name, args.fps, {"gop": args.gop} if args.gop is not None else {})
 
 
-def _demo(plys, name: str, fps: float, codec: dict) -> int:
+def _demo(plys: Iterable[bytes], name: str, fps: float, codec: dict) -> int:
     import asyncio
     import statistics
     import tempfile
 
-    from splatcast.client.api import SplatcastClient
+    from splatcast.client.api import ReceivedFrame, SplatcastClient, Uploaded
     from splatcast.server import BackgroundServer, Settings
 
     async def session(url: str) -> None:
@@ -104,7 +104,9 @@ def _demo(plys, name: str, fps: float, codec: dict) -> int:
                   f"watch it at {client.viewer_url(seq.id)}\n")
             print(f"{'frame':>5} {'type':<10} {'gaussians':>9} {'kbytes':>7} {'x PLY':>6} {'encode ms':>9} "
                   f"{'decode ms':>9} {'upload->decode ms':>17}")
-            uploaded, decoded, latency = {}, {}, {}
+            uploaded: dict[int, Uploaded] = {}
+            decoded: dict[int, ReceivedFrame] = {}
+            latency: dict[int, float] = {}  # frame index -> upload-to-decode ms
 
             def row(i: int) -> None:  # printed once both the upload answer and the decoded frame are in
                 if i in uploaded and i in decoded:
@@ -120,7 +122,7 @@ def _demo(plys, name: str, fps: float, codec: dict) -> int:
                     row(f.index)
 
             async def produce() -> None:
-                def progress(u):
+                def progress(u: Uploaded) -> None:
                     uploaded[u.index] = u
                     row(u.index)
                 await client.upload_frames(seq.id, plys, fps=fps, progress=progress)

@@ -77,8 +77,7 @@ def _stream_error(path: Path, last, error: Exception) -> CommandError:
 def encode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from splatcast.codec import (CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError,
-                                 read_ply)
+    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError, read_ply
     from splatcast.protocol import EndOfStream, FrameMessage, StreamHeader, encode_message
 
     files = ply_frames(args.input_dir)
@@ -160,6 +159,8 @@ def decode(args: argparse.Namespace) -> int:
                 raise CommandError(f"the stream does not start with a header ({type(msg).__name__} first)",
                                    args.input)
             elif isinstance(msg, FrameMessage):
+                if bar is None:  # made with the header, which came before this frame
+                    raise RuntimeError("no progress bar after the stream header")
                 frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
                 write_ply(frame, args.output / frame_name(msg.index))
                 frames += 1
@@ -180,8 +181,14 @@ def decode(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    from splatcast.protocol import (EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader,
-                                    read_stream_sized)
+    from splatcast.protocol import (
+        EndOfStream,
+        ErrorMessage,
+        FrameMessage,
+        ProtocolError,
+        StreamHeader,
+        read_stream_sized,
+    )
 
     _check_start(args.input)
     counts: dict[str, int] = {}

@@ -77,28 +77,32 @@ def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame
     frame before), tensors whose inputs are the very same arrays are reused, not rebuilt."""
     n, d = state.num_gaussians, state.sh_degree
     cb, ids = state.codebooks, state.ids
-    before, old = previous if previous is not None else (None, None)
-    same_books = before is not None and before.codebooks is cb and before.num_gaussians == n
+    # the previous state and frame when they share this state's codebooks (and so its size)
+    reuse = (previous if previous is not None and previous[0].codebooks is cb
+             and previous[0].num_gaussians == n else None)
 
     def unchanged(*names: str) -> bool:
-        return same_books and all(ids[name] is before.ids[name] for name in names)
+        return reuse is not None and all(ids[name] is reuse[0].ids[name] for name in names)
 
     def lookup(name: str) -> torch.Tensor:  # [N, D] codebook rows; ids already validated
         return torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
 
     def take(name: str) -> torch.Tensor:
-        return getattr(old, _FIELDS[name]) if unchanged(name) else lookup(name)
+        if reuse is not None and unchanged(name):
+            tensor: torch.Tensor = getattr(reuse[1], _FIELDS[name])
+            return tensor
+        return lookup(name)
 
-    if same_books and state.q is before.q and state.origin is before.origin:
-        means = old.means
+    if reuse is not None and state.q is reuse[0].q and state.origin is reuse[0].origin:
+        means = reuse[1].means
     else:
         m = state.q.astype(np.float32)  # [N, 3]; then float32 q * step + origin, in place
         np.multiply(m, state.step, out=m)
         np.add(m, state.origin, out=m)
         means = torch.from_numpy(m)
     bands = [f"shN_{b}" for b in range(1, d + 1)]
-    if unchanged(*bands):
-        shN = old.shN
+    if reuse is not None and unchanged(*bands):
+        shN = reuse[1].shN
     else:
         shN = torch.cat([lookup(name).view(n, 2 * b + 1, 3) for b, name in enumerate(bands, 1)],
                         1) if bands else torch.zeros((n, 0, 3))
@@ -126,7 +130,8 @@ class FrameDecoder:
 
     def decode(self, frame_type: str, num_gaussians: int, payload: dict) -> GaussianFrame:
         state = decode_payload(self.state, frame_type, num_gaussians, payload)
-        previous = (self.state, self._frame) if self.state is not None else None
+        # (state and frame are set together: both None before the first frame, both set after)
+        previous = (self.state, self._frame) if self.state is not None and self._frame is not None else None
         self.state, self._frame = state, reconstruct(state, previous)
         return self._frame.to(self.device)
 

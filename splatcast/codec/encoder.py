@@ -15,7 +15,7 @@ from scipy.spatial import cKDTree
 
 from splatcast.codec import kmeans, morton
 from splatcast.codec.config import CodecConfig, CodecError
-from splatcast.codec.decoder import MAX_Q, FrameDecoder, id_dtype
+from splatcast.codec.decoder import MAX_Q, DecoderState, FrameDecoder, id_dtype
 from splatcast.codec.frame import GaussianFrame
 
 NN_SAMPLE = 10000
@@ -39,6 +39,10 @@ NEIGHBOURS = 16
 """Centroids searched first when an id must change in an interframe (those nearest the old)."""
 OPACITY_EPS = 1e-4
 """Opacity centroids are clipped to [eps, 1 - eps] before the logit (finite codebooks)."""
+
+
+_Candidate = tuple[int, str, dict, np.ndarray]
+"""A frame the encoder may send: (estimated size, frame type, payload, order)."""
 
 
 @dataclass
@@ -101,14 +105,14 @@ class FrameEncoder:
         means = frame.means.detach().cpu().numpy().astype(np.float64)  # [N, 3]
         feats = _features(frame.to(self.device))
         state, n = self._decoder.state, frame.num_gaussians
-        candidates = []  # (size, frame type, payload, order)
+        candidates: list[_Candidate] = []
         if state is not None and self._gop_pos < self.config.gop:
             ids = self._assign(feats)
             if not self._drifted():
-                inter = self._interframe(means, ids) if n == state.num_gaussians else None
+                inter = self._interframe(state, means, ids) if n == state.num_gaussians else None
                 # an intra frame is only tried when an interframe is not clearly smaller
                 try_intra = inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n
-                intra = self._intra(means, ids) if try_intra else None
+                intra = self._intra(state, means, ids) if try_intra else None
                 candidates = [c for c in (inter, intra) if c is not None]
         if candidates:
             _, kind, payload, order = min(candidates)
@@ -142,16 +146,19 @@ class FrameEncoder:
                        morton=planes, **self._id_payload(ids, order))
         return "keyframe", payload, order, ids
 
-    def _intra(self, means: np.ndarray, ids: dict[str, torch.Tensor]):
+    def _intra(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]) -> _Candidate | None:
+        """An intra frame against ``state`` (the decoder's), or None if the positions left its grid."""
         try:
-            origin, order, planes = _positions(means, float(self._decoder.state.step))
+            origin, order, planes = _positions(means, float(state.step))
         except _GridOverflow:
             return None  # the frame left the GOP's grid: a keyframe picks a new step
         payload = dict(origin=origin, morton=planes, **self._id_payload(ids, order))
         return _size(payload), "intra", payload, order
 
-    def _interframe(self, means: np.ndarray, ids: dict[str, torch.Tensor]):
-        state, order = self._decoder.state, self._order
+    def _interframe(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]
+                    ) -> _Candidate | None:
+        """An interframe against ``state`` (the decoder's), or None if a move leaves the grid."""
+        order = self._order
         unit = self._unit
         err = means.take(order, axis=0)  # [N, 3]; then (means - origin) / step - q, in place
         err -= state.origin.astype(np.float64)
@@ -335,7 +342,7 @@ def _extent(means: np.ndarray) -> float:
     return float(np.linalg.norm(np.percentile(means, 99, 0) - np.percentile(means, 1, 0)))
 
 
-def _positions(means: np.ndarray, step: float):
+def _positions(means: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Grid origin (float32 [3]), Morton order [N] and the sorted codes' differences as
     little-endian byte planes (uint8 [W, N], W = 1, 2, 4 or 8 bytes)."""
     # per column: numpy's min(0) over [N, 3] is ~10x slower
@@ -353,9 +360,10 @@ def _positions(means: np.ndarray, step: float):
 
 def _narrow_uint(a: np.ndarray) -> np.ndarray:
     top = int(a.max()) if a.size else 0
-    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+    for dt in (np.uint8, np.uint16, np.uint32):
         if top <= np.iinfo(dt).max:
             return np.ascontiguousarray(a.astype(dt))
+    return np.ascontiguousarray(a.astype(np.uint64))  # (an unsigned 64-bit value always fits)
 
 
 def _narrow_int(a: np.ndarray) -> np.ndarray:

@@ -27,8 +27,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.recfunctions import structured_to_unstructured
 import torch
+from numpy.lib.recfunctions import structured_to_unstructured
 
 from splatcast.codec.frame import SH_COEFFS, GaussianFrame
 
@@ -75,7 +75,9 @@ def _parse_header(data: memoryview) -> tuple[str, int, list[tuple[str, str]], in
         lines = head[: end.start()].decode("ascii").split("\n")[1:]
     except UnicodeDecodeError as e:
         raise PlyError(f"bad header: non-ASCII byte at offset {e.start}") from None
-    fmt, elements, current = None, {}, None
+    fmt: str | None = None
+    elements: dict[str, tuple[int, dict[str, str]]] = {}
+    current: tuple[int, dict[str, str]] | None = None
     for line in lines:
         tok = line.split()
         if not tok or tok[0] in ("comment", "obj_info"):
@@ -116,7 +118,7 @@ def _parse_header(data: memoryview) -> tuple[str, int, list[tuple[str, str]], in
     return fmt, count, list(props.items()), end.end()
 
 
-def _parse_body(data: memoryview, fmt: str, count: int, props, offset: int) -> np.ndarray:
+def _parse_body(data: memoryview, fmt: str, count: int, props: list[tuple[str, str]], offset: int) -> np.ndarray:
     """-> float32 array [count, len(props)], columns in header order."""
     body = data[offset:]
     if fmt == "ascii":

@@ -67,6 +67,7 @@ class StreamDecoder:
                     self._buf = bytearray()
                 continue
             take = min(self._need - len(self._buf), end - pos)
+            body: memoryview | bytearray | None
             if not self._buf and take == self._need:
                 body = view[pos:pos + take]  # whole body in this chunk: no copy
             else:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import msgpack
 import numpy as np
 import zstandard
 
 from .errors import DecompressionError, LimitExceeded, ProtocolError, SchemaError, VersionError
-from .messages import (DTYPES, MAGIC, MESSAGE_TYPES, PROTOCOL_VERSION, FrameMessage, Message,
-                       Payload, StreamHeader)
+from .messages import DTYPES, MAGIC, MESSAGE_TYPES, PROTOCOL_VERSION, FrameMessage, Message, Payload, StreamHeader
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PREFIX_BYTES = 4
@@ -92,13 +92,13 @@ def encode_message(msg: Message, level: int = 3) -> bytes:
     return len(frame).to_bytes(PREFIX_BYTES, "big") + frame
 
 
-def message_map(msg: Message) -> dict:
+def message_map(msg: Message) -> dict[str, Any]:
     """The message's msgpack map with the payload (if any) not yet converted: "t", then a
     header's "magic" and "version", then the dataclass fields. Raises TypeError for a non-message."""
     cls = type(msg)
     if cls not in MESSAGE_TAGS:
         raise TypeError(f"not a protocol message: {cls.__name__}")
-    wire = {"t": MESSAGE_TAGS[cls]}
+    wire: dict[str, Any] = {"t": MESSAGE_TAGS[cls]}
     if cls is StreamHeader:
         wire.update(magic=MAGIC, version=list(PROTOCOL_VERSION))
     wire.update((f.name, getattr(msg, f.name)) for f in fields(msg))
