@@ -327,10 +327,15 @@ def test_matches_gsplat_pure_torch_projection_and_sh(tile):
 
 def test_matches_gsplat_cuda_rasterization(tile):
     """Against ``gsplat.rasterization`` (CUDA only). Differences expected from gsplat's choices:
-    alpha clamped at 0.999 instead of 0.99, and 3.33-sigma per-axis extents instead of 3 sigma."""
+    alpha clamped at 0.999 instead of 0.99, and 3.33-sigma per-axis extents instead of 3 sigma;
+    a wrong convention (axes, pixel centres, SH signs) costs far more than the 30 dB asked."""
     gsplat = pytest.importorskip("gsplat", reason="gsplat is not installed (optional check)")
     if not torch.cuda.is_available():
         pytest.skip("gsplat's rasterizer needs CUDA, and no CUDA device is available")
+    from gsplat.cuda._backend import _C  # loads (or JIT-builds) gsplat's CUDA extension
+
+    if _C is None:
+        pytest.skip("gsplat's CUDA extension could not be loaded or built here")
     frame = tile.to("cuda")
     cams = orbit_cameras(tile, views=2, size=256)
     for cam in cams:
@@ -341,4 +346,4 @@ def test_matches_gsplat_cuda_rasterization(tile):
             frame.means, frame.quats, torch.exp(frame.scales), torch.sigmoid(frame.opacities), colors,
             cam.viewmat.to("cuda")[None], K[None], cam.width, cam.height, near_plane=cam.near,
             far_plane=cam.far, sh_degree=frame.sh_degree, packed=False, eps2d=0.3)
-        assert psnr(theirs[0], ours) > 35
+        assert psnr(theirs[0], ours) > 30
