@@ -42,3 +42,23 @@ def tile_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tile")
     _run_tool("animate.py", str(scene), str(out), "--frames", "30")
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port (skips when not installed)."""
+    from services import RedisServer
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free loopback port (skips when moto is not installed)."""
+    from services import S3Server, aws_env
+    for k, v in aws_env().items():
+        os.environ.setdefault(k, v)
+    server = S3Server()
+    yield server
+    server.stop()

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -21,13 +22,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from splatcast import __version__
 from splatcast.server.errors import NotFound, ServerError
-from splatcast.server.hub import Hub
+from splatcast.server.hub import Broadcaster, Hub
 from splatcast.server.logs import event
 from splatcast.server.metrics import Metrics
 from splatcast.server.routes import add_routes
 from splatcast.server.sequences import Sequences
 from splatcast.server.settings import Settings
-from splatcast.server.storage import SqliteStorage
+from splatcast.server.storage import SqliteStorage, Storage
+
+if TYPE_CHECKING:  # redis is needed only for scale-out
+    from splatcast.server.lease import Leases
 
 log = logging.getLogger("splatcast.server")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -46,24 +50,48 @@ Every error answer is JSON `{"detail": "<message>"}`."""
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application over ``settings.data_dir`` (created if missing)."""
     settings = settings or Settings()
-    storage = SqliteStorage(settings.data_dir)
-    metrics, hub = Metrics(), Hub()
+    metrics = Metrics()
+    scale = None
+    if settings.scale_out:  # many replicas on Redis + S3 (docs/SCALEOUT.md)
+        from splatcast.server.scale import build
+        scale = build(settings)
+        storage: Storage = scale.storage
+        hub: Broadcaster = scale.hub
+        close_storage = scale.storage.close
+    else:  # one process: SQLite + local files + in-process hub
+        sqlite, hub = SqliteStorage(settings.data_dir), Hub()
+        storage, close_storage = sqlite, sqlite.close
     metrics.watch_queues(hub.queued_frames)
-    seqs = Sequences(settings, storage, hub, metrics)
+    seqs = Sequences(settings, storage, hub, metrics, leases=scale.leases if scale else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        renewing = asyncio.create_task(_renew_leases(scale.leases, settings.lease_s / 3)) if scale else None
         yield
+        if scale is not None and renewing is not None:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+            await asyncio.to_thread(scale.leases.release_all)
+            await scale.hub.close()
+            await scale.forwarder.close()
         seqs.close()
-        storage.close()
+        close_storage()
 
     app = FastAPI(title="splatcast", version=__version__, lifespan=lifespan, description=_DESCRIPTION)
     app.state.settings, app.state.sequences, app.state.metrics = settings, seqs, metrics
+    app.state.forwarder = scale.forwarder if scale else None
     app.add_middleware(RequestLog, metrics=metrics)
     _add_error_handlers(app)
     add_routes(app, settings)
     _add_viewer(app, seqs)
     return app
+
+
+async def _renew_leases(leases: Leases, every_s: float) -> None:
+    """Renew this replica's encoder leases every ``every_s`` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(leases.renew_all)
 
 
 class RequestLog:

@@ -16,8 +16,12 @@ sequence concerned. Any other exception is a bug (logged, answered 500 without d
     ├── TooLarge            413  over a size limit: bytes, Gaussians, frames
     ├── Invalid             422  invalid parameters: codec options, SH degree, a frame the codec refuses
     ├── TooMany             429  over a count limit: sequences, subscribers
-    └── StorageError        500  the storage medium failed (the server's fault, not the request's)
-        └── StorageFull     507  no space left; nothing of the failed write was stored
+    ├── StorageError        500  the storage medium failed (the server's fault, not the request's)
+    │   └── StorageFull     507  no space left; nothing of the failed write was stored
+    └── Unavailable         503  scale-out backbone (Redis, S3, the encoding replica) unreachable
+        │                        for now; answered with ``Retry-After``, nothing of the request stored
+        └── NotHolder       503  another replica holds the sequence's encoder lease (routes forward
+                                 the upload there; seen by a client only when that is impossible)
 """
 
 from __future__ import annotations
@@ -75,3 +79,22 @@ class StorageFull(StorageError):
     nothing of that write was committed."""
 
     status = 507
+
+
+class Unavailable(ServerError):
+    """A scale-out service (Redis, the S3 endpoint, the replica holding an encoder lease) cannot be
+    reached now; nothing of the request was stored and a retry after ``Retry-After`` seconds may work."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, round(retry_after)))}
+
+
+class NotHolder(Unavailable):
+    """Another replica holds the encoder lease of the sequence; ``holder`` is its base URL."""
+
+    def __init__(self, message: str, holder: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after)
+        self.holder = holder

@@ -10,25 +10,30 @@ with its OpenAPI answers; bearer security appears only where a token is checked.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator
-from typing import IO, Annotated, Any, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi import Depends, FastAPI, Header, Query, Request, Response, WebSocket
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splatcast.codec import natural_key
-from splatcast.server.errors import BadRequest, RequestTimeout, ServerError, TooLarge, Unauthorized
+from splatcast.server.errors import BadRequest, NotFound, NotHolder, RequestTimeout, ServerError, TooLarge, Unauthorized
+from splatcast.server.forward import FORWARDED
 from splatcast.server.schemas import BatchOut, CreateSequence, ErrorOut, FrameOut, HealthOut, SequenceOut
 from splatcast.server.sequences import Sequences
 from splatcast.server.settings import Settings
 from splatcast.server.storage import SequenceInfo
 from splatcast.server.stream import serve_subscriber
+
+if TYPE_CHECKING:
+    from splatcast.server.forward import Forwarder
 
 _CHUNK = 1024 * 1024  # download read size
 _SPOOL_BYTES = 64 * 1024 * 1024  # tar bodies up to this size stay in memory
@@ -43,6 +48,7 @@ _ERRORS = {
     413: "Over a size limit: body bytes, Gaussians per frame, frames per sequence.",
     422: "Invalid parameters: JSON body, codec options, SH degree change, a frame the codec refuses.",
     429: "Over a count limit: stored sequences.",
+    503: "Scale-out backbone (Redis, S3, the encoding replica) unreachable for now: retry after Retry-After.",
     507: "The storage device is full; stored frames stay readable and DELETE frees space.",
 }
 
@@ -125,16 +131,36 @@ def list_frames(seq_id: str, seqs: Seqs) -> list[FrameOut]:
     return [FrameOut.of(r) for r in seqs.storage.frames(seq_id)]
 
 
+async def _forward(request: Request, error: NotHolder, body: bytes) -> Response | None:
+    """Scale-out: the lease holder's answer to this request, or None when the holder is unreachable
+    (the caller then takes the lease over). A request forwarded once is never forwarded again."""
+    forwarder: Forwarder | None = request.app.state.forwarder
+    if forwarder is None or request.headers.get(FORWARDED):
+        raise error
+    return await forwarder.send(error.holder, request.method, request.url.path, body,
+                                request.headers.get("authorization"), request.headers.get("content-type"))
+
+
 async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request: Request, response: Response,
-                    seqs: Seqs, settings: Config) -> FrameOut:
-    """Upload frame ``index`` (the next one); it is encoded and stored before the response."""
+                    seqs: Seqs, settings: Config) -> Any:
+    """Upload frame ``index`` (the next one); it is encoded and stored before the response.
+
+    With several replicas, the one holding the sequence's encoder lease encodes it: the upload is
+    forwarded there, or the lease is taken over when that replica is gone (503 + Retry-After while
+    neither is possible)."""
     await asyncio.to_thread(seqs.get, seq_id)
     body = bytearray()
     async for chunk in _limited_stream(request, settings.max_upload_bytes, settings.body_timeout_s):
         body += chunk
     if not body:
         raise BadRequest("empty body: send one PLY file as application/octet-stream")
-    result = await seqs.put_frame(seq_id, index, body)  # hashed off the event loop there
+    try:
+        result = await seqs.put_frame(seq_id, index, body)  # hashed off the event loop there
+    except NotHolder as e:
+        answer = await _forward(request, e, bytes(body))
+        if answer is not None:
+            return answer
+        result = await seqs.put_frame(seq_id, index, body, takeover=True)
     if not result.created:
         response.status_code = 200
     return FrameOut.of(result.record)
@@ -163,9 +189,13 @@ async def upload_tar(seq_id: str, request: Request, seqs: Seqs, settings: Config
     return BatchOut(frames=frames, sequence=_out(seqs, info))
 
 
-async def finish_sequence(seq_id: str, seqs: Seqs) -> SequenceOut:
+async def finish_sequence(seq_id: str, request: Request, seqs: Seqs) -> Any:
     """Write the end message; subscribers get it and close. Finishing twice is harmless."""
-    return _out(seqs, await seqs.finish(seq_id))
+    try:
+        return _out(seqs, await seqs.finish(seq_id))
+    except NotHolder as e:
+        answer = await _forward(request, e, b"")
+        return answer if answer is not None else _out(seqs, await seqs.finish(seq_id, takeover=True))
 
 
 async def delete_sequence(seq_id: str, seqs: Seqs) -> Response:
@@ -187,8 +217,52 @@ def download(seq_id: str, seqs: Seqs) -> StreamingResponse:
                                       "Content-Disposition": f'attachment; filename="{seq_id}.splatcast"'})
 
 
+def get_gop(seq_id: str, n: Annotated[int, PathParam(ge=0)], seqs: Seqs,
+            range_: Annotated[str | None, Header(alias="range")] = None) -> Response:
+    """GOP ``n``: the frame messages from the sequence's ``n``-th keyframe up to the next one.
+
+    A closed GOP (a later keyframe exists, or the sequence is finished) never changes:
+    ``Cache-Control: immutable``; the open one is ``no-store``. ``Range: bytes=a-b`` is honoured
+    (206). ``X-Splatcast-First-Frame`` and ``X-Splatcast-Frame-Offsets`` (the byte offset of each
+    frame message in the GOP) describe it; header + GOPs in order + end = the .splatcast stream."""
+    info = seqs.get(seq_id)
+    if n >= len(info.keyframes):
+        raise NotFound(f"sequence {seq_id!r} has {len(info.keyframes)} GOPs, no GOP {n}")
+    first = info.keyframes[n]
+    closed = n + 1 < len(info.keyframes) or info.finished
+    rows = seqs.storage.frames(seq_id, first, info.keyframes[n + 1] if n + 1 < len(info.keyframes) else None)
+    start, size = rows[0].offset, rows[-1].offset + rows[-1].length - rows[0].offset
+    headers = {"Accept-Ranges": "bytes", "X-Splatcast-First-Frame": str(first),
+               "X-Splatcast-Frame-Offsets": ",".join(str(r.offset - start) for r in rows),
+               "Cache-Control": "public, max-age=31536000, immutable" if closed else "no-store",
+               "ETag": f'"{seq_id}-{info.created_at!r}-{n}-{size}"'}
+    lo, hi, status = 0, size - 1, 200
+    if range_ is not None:
+        parsed = _byte_range(range_, size)
+        if parsed is None:
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        (lo, hi), status = parsed, 206
+        headers["Content-Range"] = f"bytes {lo}-{hi}/{size}"
+    data = seqs.storage.read(seq_id, start + lo, hi - lo + 1)
+    return Response(data, status, headers=headers, media_type="application/octet-stream")
+
+
+def _byte_range(value: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single ``bytes=a-b`` / ``a-`` / ``-n`` range within ``size``; None if unsatisfiable."""
+    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", value)
+    if m is None or m.group(1) == m.group(2) == "":
+        return None
+    if m.group(1) == "":
+        lo, hi = max(0, size - int(m.group(2))), size - 1
+    else:
+        lo, hi = int(m.group(1)), min(size - 1, int(m.group(2))) if m.group(2) else size - 1
+    return (lo, hi) if lo <= hi and lo < size else None
+
+
 async def stream(websocket: WebSocket, seq_id: str,
-                 from_: Annotated[Literal["latest", "start"], Query(alias="from")] = "latest",
+                 from_: Annotated[str, Query(alias="from", pattern=r"^(latest|start|[0-9]{1,9})$",
+                                             description="latest (keyframe), start (frame 0), or a frame index: "
+                                                         "starts at the keyframe at or before it.")] = "latest",
                  pace: Literal["fast", "realtime"] = "fast", token: str | None = None) -> None:
     """Binary messages: header, frames from the latest keyframe (or frame 0), live frames, end."""
     seqs: Sequences = websocket.app.state.sequences
@@ -199,7 +273,8 @@ async def stream(websocket: WebSocket, seq_id: str,
         except Unauthorized as e:
             await websocket.send_denial_response(JSONResponse({"detail": str(e)}, e.status))
             return
-    await serve_subscriber(websocket, seqs, seq_id, from_start=from_ == "start", realtime=pace == "realtime")
+    start = None if from_ == "latest" else 0 if from_ == "start" else int(from_)
+    await serve_subscriber(websocket, seqs, seq_id, start=start, realtime=pace == "realtime")
 
 
 def add_routes(app: FastAPI, settings: Settings) -> None:
@@ -221,18 +296,23 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         responses=_errors(*r401, 404))
     api("/v1/sequences/{seq_id}/frames", list_frames, methods=["GET"], dependencies=reads, tags=["sequences"],
         responses=_errors(*r401, 404))
-    api("/v1/sequences/{seq_id}/frames/{index}", put_frame, methods=["PUT"], status_code=201,
+    api("/v1/sequences/{seq_id}/frames/{index}", put_frame, methods=["PUT"], status_code=201, response_model=FrameOut,
         dependencies=writes, tags=["frames"],
         openapi_extra=_binary_body("application/octet-stream", "One PLY file (INRIA 3DGS layout)."),
         responses={200: {"model": FrameOut,
                          "description": "Safe retry: this frame was already stored with the same bytes."},
-                   **_errors(400, *w401, 404, 408, 409, 413, 422, 507)})
+                   **_errors(400, *w401, 404, 408, 409, 413, 422, 503, 507)})
     api("/v1/sequences/{seq_id}/frames", upload_tar, methods=["POST"], status_code=201, dependencies=writes,
         tags=["frames"],
         openapi_extra=_binary_body("application/x-tar", "A tar of PLY files, taken in natural order of names."),
         responses=_errors(400, *w401, 404, 408, 409, 413, 422, 507))
     api("/v1/sequences/{seq_id}/finish", finish_sequence, methods=["POST"], dependencies=writes,
-        tags=["sequences"], responses=_errors(*w401, 404, 409, 507))
+        response_model=SequenceOut, tags=["sequences"], responses=_errors(*w401, 404, 409, 503, 507))
+    api("/v1/sequences/{seq_id}/gops/{n}", get_gop, methods=["GET"], dependencies=reads, tags=["stream"],
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "GOP n's frame messages."},
+                   206: {"description": "The requested byte range of the GOP."},
+                   416: {"description": "Unsatisfiable byte range."}, **_errors(*r401, 404)})
     api("/v1/sequences/{seq_id}", delete_sequence, methods=["DELETE"], status_code=204, dependencies=writes,
         tags=["sequences"], responses={204: {"description": "Deleted."}, **_errors(*w401, 404)})
     api("/v1/sequences/{seq_id}/stream.splatcast", download, methods=["GET"], dependencies=reads,

@@ -34,6 +34,11 @@ def make_server(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
     sock.bind(address)
     sock.listen(1024)
+    if settings.scale_out and not settings.advertise_url:  # how the other replicas reach this one
+        host, port = sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        settings = settings.model_copy(update={"advertise_url": f"http://{host}:{port}"})
     config = uvicorn.Config(create_app(settings), log_config=log_config(settings.log_level, settings.log_format),
                             access_log=False, http=http_protocol(settings),
                             ws=ws_protocol(settings.close_timeout_s),

@@ -9,6 +9,12 @@ to live subscribers only after it is stored, in index order.
 The ``FrameEncoder`` of a sequence lives in memory. It is trusted only while every frame it
 encoded is stored: after any failure (and after a restart) the next frame gets a fresh encoder,
 whose first frame is a keyframe, i.e. a new GOP.
+
+Scale-out (``leases`` given, docs/SCALEOUT.md): a replica encodes a sequence only while it holds
+the sequence's encoder lease (``lease.py``); otherwise ``put_frame`` and ``finish`` raise
+``NotHolder`` naming the holder (the routes forward the request there), or, with ``takeover``
+(the holder is unreachable), wait up to ``lease_wait_s`` for its lease to expire and take it
+over: a new epoch, a fresh encoder, a new GOP. Commits carry the lease value as their fence.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError, read_ply
 from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, encode_message
-from splatcast.server.errors import BadRequest, Conflict, Invalid, NotFound, TooLarge, TooMany
+from splatcast.server.errors import BadRequest, Conflict, Invalid, NotFound, NotHolder, TooLarge, TooMany, Unavailable
 from splatcast.server.hub import Broadcaster, Item
 from splatcast.server.metrics import Metrics
 from splatcast.server.settings import Settings
 from splatcast.server.storage import FrameRecord, SequenceInfo, Storage
+
+if TYPE_CHECKING:  # redis is needed only for scale-out
+    from splatcast.server.lease import Leases
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
@@ -44,11 +54,13 @@ class Sequences:
     """The server's operations on sequences; refusals raise ``splatcast.server.errors.ServerError``
     subclasses with a clear message (storage faults: ``StorageError``)."""
 
-    def __init__(self, settings: Settings, storage: Storage, hub: Broadcaster, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, storage: Storage, hub: Broadcaster, metrics: Metrics,
+                 leases: Leases | None = None) -> None:
         self.settings = settings
         self.storage = storage
         self.hub = hub
         self.metrics = metrics
+        self.leases = leases
         self._locks: dict[str, asyncio.Lock] = {}
         self._encoders: dict[str, FrameEncoder] = {}
         self._pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="splatcast-encode")
@@ -95,7 +107,35 @@ class Sequences:
             raise Conflict(f"sequence {info.id!r} already exists") from None
         return info
 
-    async def put_frame(self, seq_id: str, index: int, body: bytes | bytearray) -> Ingested:
+    async def _fence(self, seq_id: str, takeover: bool) -> str | None:
+        """The encoder lease value to commit with (None without scale-out); ``NotHolder`` while
+        another replica holds it, unless ``takeover``: then wait for it to expire (``Unavailable``
+        after ``lease_wait_s``)."""
+        if self.leases is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.lease_wait_s
+        while True:
+            lease = await asyncio.to_thread(self.leases.acquire, seq_id)
+            if lease.mine:
+                if lease.new:  # someone else may have encoded meanwhile: start a new GOP
+                    self._encoders.pop(seq_id, None)
+                return lease.value
+            if not takeover:
+                raise NotHolder(f"replica {lease.holder} encodes sequence {seq_id!r}", lease.holder,
+                                self.settings.retry_after_s)
+            if loop.time() > deadline:
+                raise Unavailable(f"the replica encoding {seq_id!r} ({lease.holder}) is unreachable and its lease "
+                                  f"has not expired within {self.settings.lease_wait_s:g} s",
+                                  self.settings.retry_after_s)
+            await asyncio.sleep(0.1)
+
+    def _lost(self, seq_id: str) -> None:
+        self._encoders.pop(seq_id, None)
+        if self.leases is not None:
+            self.leases.drop(seq_id)
+
+    async def put_frame(self, seq_id: str, index: int, body: bytes | bytearray, takeover: bool = False) -> Ingested:
         """Store frame ``index`` (the next one), or confirm a retry of a stored identical frame.
 
         ``body`` is one PLY file; its SHA-256 (stored, compared for retries) is computed in a
@@ -105,7 +145,7 @@ class Sequences:
         """
         self.metrics.encode_pending.inc()
         try:
-            ingested = await self._put_frame(seq_id, index, body)
+            ingested = await self._put_frame(seq_id, index, body, takeover)
         except Exception:
             self.metrics.frame_uploads.labels("refused").inc()
             raise
@@ -114,7 +154,7 @@ class Sequences:
         self.metrics.frame_uploads.labels("stored" if ingested.created else "retry").inc()
         return ingested
 
-    async def _put_frame(self, seq_id: str, index: int, body: bytes | bytearray) -> Ingested:
+    async def _put_frame(self, seq_id: str, index: int, body: bytes | bytearray, takeover: bool) -> Ingested:
         async with await self._lock(seq_id):
             digest = self._hasher.submit(_sha256, body)
             info = await asyncio.to_thread(self.get, seq_id)
@@ -126,8 +166,13 @@ class Sequences:
                 raise Conflict(f"expected frame {info.frame_count}, got {index}: frames must come in order")
             if index >= self.settings.max_frames:
                 raise TooLarge(f"sequence {seq_id!r} reached the limit of {self.settings.max_frames} frames")
-            record, message = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._encode_and_store, info, index, body, digest)
+            fence = await self._fence(seq_id, takeover)
+            try:
+                record, message = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._encode_and_store, info, index, body, digest, fence)
+            except Unavailable:
+                self._lost(seq_id)  # lease lost or backbone down: the next frame starts a new GOP
+                raise
             self.hub.publish(seq_id, Item("frame", message, record.index, record.frame_type, record.received_at))
             return Ingested(record, created=True)
 
@@ -138,7 +183,7 @@ class Sequences:
         return Ingested(record, created=False)
 
     def _encode_and_store(self, info: SequenceInfo, index: int, body: bytes | bytearray,
-                          digest: Future[str]) -> tuple[FrameRecord, bytes]:
+                          digest: Future[str], fence: str | None = None) -> tuple[FrameRecord, bytes]:
         received_at = time.time()
         t0 = time.perf_counter()
         try:
@@ -168,12 +213,13 @@ class Sequences:
         record = FrameRecord(index=index, frame_type=encoded.frame_type, num_gaussians=encoded.num_gaussians,
                              raw_bytes=len(body), sha256=digest.result(), encode_ms=encode_ms,
                              received_at=received_at)
-        record = self.storage.append(info.id, record, message, header=header, sh_degree=frame.sh_degree)
+        record = self.storage.append(info.id, record, message, header=header, sh_degree=frame.sh_degree,
+                                     fence=fence)
         self._encoders[info.id] = encoder  # trusted again: everything it encoded is stored
         self.metrics.frames_encoded.labels(record.frame_type).inc()
         return record, message
 
-    async def finish(self, seq_id: str) -> SequenceInfo:
+    async def finish(self, seq_id: str, takeover: bool = False) -> SequenceInfo:
         """Append the end message (idempotent: finishing a finished sequence changes nothing)."""
         async with await self._lock(seq_id):
             info = await asyncio.to_thread(self.get, seq_id)
@@ -182,8 +228,15 @@ class Sequences:
             if info.frame_count == 0:
                 raise Conflict(f"sequence {seq_id!r} has no frames to finish")
             message = encode_message(EndOfStream(frame_count=info.frame_count))
-            await asyncio.to_thread(self.storage.finish, seq_id, message)
+            fence = await self._fence(seq_id, takeover)
+            try:
+                await asyncio.to_thread(self.storage.finish, seq_id, message, fence)
+            except Unavailable:
+                self._lost(seq_id)
+                raise
             self._encoders.pop(seq_id, None)
+            if self.leases is not None:
+                await asyncio.to_thread(self.leases.release, seq_id)
             self.hub.publish(seq_id, Item("end", message))
             return await asyncio.to_thread(self.get, seq_id)
 
@@ -192,6 +245,8 @@ class Sequences:
             if not await asyncio.to_thread(self.storage.delete, seq_id):
                 raise NotFound(f"no sequence {seq_id!r}")
             self._encoders.pop(seq_id, None)
+            if self.leases is not None:
+                await asyncio.to_thread(self.leases.release, seq_id)
             message = encode_message(ErrorMessage(code="deleted", message=f"sequence {seq_id!r} was deleted"))
             self.hub.publish(seq_id, Item("error", message))
         self._locks.pop(seq_id, None)

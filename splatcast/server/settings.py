@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -65,3 +65,33 @@ class Settings(BaseSettings):
                                                                      "JSON objects, one per line, on stderr.")
     codec_defaults: dict[str, Any] = Field(default_factory=dict, description="CodecConfig fields applied to new "
                                                                              "sequences unless the request sets them.")
+    # --- scale-out (docs/SCALEOUT.md): all unset = one process on SQLite + local files ---
+    redis_url: str | None = Field(None, description="Redis URL (redis://host:port/db) of the live backbone, the "
+                                  "sequence metadata and the encoder leases; needs s3_url too.")
+    s3_url: str | None = Field(None, description="S3 API endpoint (http://host:port) of the GOP objects and "
+                               "manifests; credentials from the AWS_* variables. Needs redis_url too.")
+    s3_bucket: str = Field("splatcast", description="Bucket of the GOP objects (created when missing).")
+    s3_region: str = Field("us-east-1", description="Region name sent to the S3 endpoint.")
+    advertise_url: str | None = Field(None, description="Base URL other replicas reach this one at (forwarded "
+                                      "uploads); default http://<host or hostname>:<port>.")
+    lease_s: float = Field(3.0, gt=0, description="Time to live of an encoder lease; the holder renews it every "
+                           "third of it. A dead holder's sequences are taken over after at most this long.")
+    lease_wait_s: float = Field(6.0, gt=0, description="How long an upload waits to take over the lease of an "
+                                "unreachable holder before it is answered 503.")
+    forward_timeout_s: float = Field(60.0, gt=0, description="Time a forwarded upload gets on the lease holder.")
+    backbone_timeout_s: float = Field(3.0, gt=0, description="Connect and read timeout of Redis and S3 calls.")
+    retry_after_s: float = Field(2.0, gt=0, description="Retry-After of the 503 answers of backbone outages.")
+    stream_block_ms: int = Field(1000, gt=0, description="XREAD BLOCK time of a replica's reader per sequence.")
+    stream_skew_ms: int = Field(2000, ge=0, description="A new reader starts this far back in the live stream "
+                                "(covers clock skew between replicas and Redis; duplicates are dropped).")
+
+    @model_validator(mode="after")
+    def _scale_pair(self) -> Settings:
+        if bool(self.redis_url) != bool(self.s3_url):
+            raise ValueError("set both SPLATCAST_REDIS_URL and SPLATCAST_S3_URL (scale-out), or neither")
+        return self
+
+    @property
+    def scale_out(self) -> bool:
+        """True when Redis and S3 are configured (docs/SCALEOUT.md)."""
+        return bool(self.redis_url and self.s3_url)

@@ -6,8 +6,8 @@ order, and the end message once the sequence is finished. Every write is fsynced
 row committed before the call returns, so a frame the server acknowledged survives a crash;
 bytes past the committed length (a write interrupted by a crash) are cut off by the next append.
 
-``Storage`` is the interface the server uses; ``SqliteStorage`` the embedded implementation (a
-replicated deployment would put the same interface over a database and object storage).
+``Storage`` is the interface the server uses; ``SqliteStorage`` the embedded implementation;
+``scale_storage.ScaleStorage`` puts the same interface over Redis and S3 for many replicas.
 Faults of the medium raise ``StorageError`` (``StorageFull`` when the disk is full), and leave
 what was committed before intact and readable, listable and deletable.
 """
@@ -101,11 +101,15 @@ class Storage(Protocol):
         """Remove a sequence and its stream; False if it did not exist."""
 
     def append(self, seq_id: str, record: FrameRecord, message: bytes, header: bytes | None = None,
-               sh_degree: int | None = None) -> FrameRecord:
-        """Durably append one frame message (after ``header`` for frame 0); returns the record with offset/length."""
+               sh_degree: int | None = None, fence: str | None = None) -> FrameRecord:
+        """Durably append one frame message (after ``header`` for frame 0); returns the record with offset/length.
 
-    def finish(self, seq_id: str, end_message: bytes) -> None:
-        """Durably append the end message and mark the sequence finished."""
+        ``fence``: the caller's encoder lease (scale-out, ``lease.py``); a storage shared by
+        replicas refuses a stale one (``Unavailable``). ``SqliteStorage`` ignores it.
+        """
+
+    def finish(self, seq_id: str, end_message: bytes, fence: str | None = None) -> None:
+        """Durably append the end message and mark the sequence finished (``fence`` as in ``append``)."""
 
     def frames(self, seq_id: str, start: int = 0, stop: int | None = None) -> builtins.list[FrameRecord]:
         """Index rows of frames ``start`` <= index < ``stop`` (None = all after), in order."""
@@ -244,7 +248,7 @@ class SqliteStorage:
                 os.fsync(f.fileno())
 
     def append(self, seq_id: str, record: FrameRecord, message: bytes, header: bytes | None = None,
-               sh_degree: int | None = None) -> FrameRecord:
+               sh_degree: int | None = None, fence: str | None = None) -> FrameRecord:
         info = self.get(seq_id)
         if info is None:
             raise KeyError(seq_id)
@@ -263,7 +267,7 @@ class SqliteStorage:
                            (len(header), sh_degree, seq_id))
         return record
 
-    def finish(self, seq_id: str, end_message: bytes) -> None:
+    def finish(self, seq_id: str, end_message: bytes, fence: str | None = None) -> None:
         info = self.get(seq_id)
         if info is None:
             raise KeyError(seq_id)

@@ -1,8 +1,8 @@
 """One WebSocket subscriber: the stored frames it needs first, then live frames, then the end.
 
 Order of a stream: the header message, frames starting at the latest keyframe (or at frame 0
-with ``from_start``), each new frame as it is stored, and the end message; on a server-side
-error or a deleted sequence, an error message and a close. Each WebSocket message is exactly
+with ``from=start``, or at the keyframe at or before frame N with ``from=N``), each new frame
+as it is stored, and the end message; on a server-side error or a deleted sequence, an error message and a close. Each WebSocket message is exactly
 one protocol message, so their concatenation is a valid ``.splatcast`` file.
 
 No gap and no duplicate: the subscriber joins the live fan-out *before* it reads the stored
@@ -51,7 +51,7 @@ class SendTimeout(Exception):
     """The subscriber took no message, or answered no ping, within ``send_timeout_s``."""
 
 
-async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_start: bool, realtime: bool) -> None:
+async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, start: int | None, realtime: bool) -> None:
     """Run one subscriber until the stream ends, the client leaves, or it is dropped as too slow.
 
     Refusals (``NotFound``, ``TooManySubscribers``) are HTTP answers before the handshake. Each
@@ -70,11 +70,11 @@ async def serve_subscriber(ws: WebSocket, seqs: Sequences, seq_id: str, from_sta
         return
     metrics.subscribers.inc()
     metrics.subscriber_events.labels("joined").inc()
-    event(log, "subscriber", **who, outcome="joined", start="start" if from_start else "latest")
+    event(log, "subscriber", **who, outcome="joined", start="latest" if start is None else start)
     sender, outcome, t0 = _Sender(ws, seqs, sub, realtime, who), "left", time.monotonic()
     try:
         await ws.accept()
-        sending = asyncio.create_task(sender.run(from_start))
+        sending = asyncio.create_task(sender.run(start))
         watcher = asyncio.create_task(_until_disconnect(ws))
         done, pending = await asyncio.wait({sending, watcher}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -179,12 +179,16 @@ class _Sender:
         self.header_bytes = 0  # from the info read in run(); 0 until frame 0 is stored
         self.clock: tuple[float, int] | None = None  # (loop time, index) of the first frame sent
 
-    async def run(self, from_start: bool) -> None:
+    async def run(self, start: int | None) -> None:
+        """Serve from the latest keyframe (``start`` None) or the keyframe at or before frame ``start``."""
         info = await asyncio.to_thread(self.storage.get, self.seq_id)  # read after subscribing: no gap
         if info is None:
             return
         self.fps, self.header_bytes = info.fps, info.header_bytes
-        self.next_index = 0 if from_start or not info.keyframes else info.keyframes[-1]
+        if start is None:
+            self.next_index = info.keyframes[-1] if info.keyframes else 0
+        else:
+            self.next_index = max((k for k in info.keyframes if k <= start), default=0)
         await self.send_stored()
         if info.finished:
             end = await asyncio.to_thread(self.storage.read, self.seq_id, info.header_bytes + info.frame_bytes,
