@@ -8,7 +8,7 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url ${TORCH_INDEX}
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
 COPY splatcast ./splatcast
-RUN pip install --no-cache-dir ".[server,client]"
+RUN pip install --no-cache-dir ".[server,client,scale]"
 
 # Run as an unprivileged user that owns the data volume.
 RUN useradd --create-home --uid 10001 splatcast && mkdir -p /data && chown splatcast:splatcast /data

@@ -44,9 +44,41 @@ def test_compose_structure():
         assert client["healthcheck"] == {"disable": True}
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "torch==2.13.0" in dockerfile
-    assert '".[server,client]"' in dockerfile and "COPY pyproject.toml README.md LICENSE" in dockerfile
+    assert '".[server,client,scale]"' in dockerfile and "COPY pyproject.toml README.md LICENSE" in dockerfile
     user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
     assert user and user[-1] not in ("root", "0")
+
+
+def test_compose_scale_profile():
+    """The scale profile: redis, SeaweedFS, two replicas on them behind nginx's consistent hash, clients via nginx."""
+    from splatcast.server.settings import Settings
+
+    services = compose()["services"]
+    scale = {k for k, v in services.items() if v.get("profiles") == ["scale"]}
+    assert scale == {"redis", "s3", "replica1", "replica2", "nginx", "scale-producer", "scale-viewer"}
+    assert "--appendfsync" in services["redis"]["command"] and "always" in services["redis"]["command"]
+    assert "seaweedfs" in services["s3"]["image"] and "-s3" in services["s3"]["command"]
+    replicas = [services[k] for k in ("replica1", "replica2")]
+    for name, replica in zip(("replica1", "replica2"), replicas):
+        env = replica["environment"]
+        assert env["SPLATCAST_REDIS_URL"] == "redis://redis:6379/0" and env["SPLATCAST_S3_URL"] == "http://s3:8333"
+        assert env["SPLATCAST_ADVERTISE_URL"] == f"http://{name}:8000"
+        settings = Settings(**{k[len("SPLATCAST_"):].lower(): v for k, v in env.items() if k.startswith("SPLATCAST_")})
+        assert settings.scale_out
+        assert replica["build"] == services["server"]["build"] and replica["image"] == services["server"]["image"]
+        assert replica["depends_on"]["redis"]["condition"] == "service_healthy"
+    nginx = services["nginx"]
+    (mount,) = nginx["volumes"]
+    conf = (REPO / mount.split(":")[0]).read_text()
+    assert "hash $sequence_id consistent;" in conf
+    for name in ("replica1", "replica2"):
+        assert f"server {name}:8000" in conf and nginx["depends_on"][name]["condition"] == "service_healthy"
+    assert "proxy_set_header Upgrade $http_upgrade;" in conf  # WebSocket subscribers
+    for client in ("scale-producer", "scale-viewer"):
+        assert services[client]["environment"]["SERVER"] == "http://nginx"
+        assert services[client]["command"] == services[client.split("-")[1]]["command"]
+    volumes = compose()["volumes"]
+    assert "redis-data" in volumes and "s3-data" in volumes
 
 
 def test_compose_file_validates_with_docker_compose_where_available():
