@@ -2,8 +2,9 @@
 
 Order of a stream: the header message, frames starting at the latest keyframe (or at frame 0
 with ``from=start``, or at the keyframe at or before frame N with ``from=N``), each new frame
-as it is stored, and the end message; on a server-side error or a deleted sequence, an error message and a close. Each WebSocket message is exactly
-one protocol message, so their concatenation is a valid ``.splatcast`` file.
+as it is stored, and the end message; on a server-side error or a deleted sequence, an error
+message and a close. Each WebSocket message is exactly one protocol message, so their
+concatenation is a valid ``.splatcast`` file.
 
 No gap and no duplicate: the subscriber joins the live fan-out *before* it reads the stored
 index, sends stored frames until it has caught up, and then takes live frames, ignoring those
