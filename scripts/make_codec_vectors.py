@@ -10,6 +10,8 @@ decoder gives the same bytes; tests/test_web_decoder.py checks that Python still
 - `codec_tracked`: 3 frames of the tile scene (SH degree 3) animated by tools/animate.py,
   first 2,000 Gaussians: a keyframe, then interframes (same count, rows correspond). A fine
   explicit step (2e-5) makes Morton deltas need 8 byte planes and position deltas wide ints.
+- `codec_tracked_high`: the same frames at quality "high" (SH rest bands scalar-quantised
+  instead of vector-quantised as in the other two, which use the default "medium").
 - `codec_untracked`: 3 loot frames (SH degree 0), every 24th voxel (about 2,000 Gaussians):
   a keyframe, then intra frames (the count changes every frame).
 
@@ -40,6 +42,7 @@ OUT = REPO / "tests" / "vectors"
 SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
 CONFIG = CodecConfig(gop=30, codebook_size=64, seed=0, device="cpu")
 FINE = CodecConfig(gop=30, codebook_size=64, step=2e-5, seed=0, device="cpu")
+HIGH = CodecConfig(gop=30, quality="high", seed=0, device="cpu")
 FPS = 30.0
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 FIRST_VALUES = 8
@@ -110,8 +113,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tile").mkdir()
         (Path(tmp) / "loot").mkdir()
-        write_vector("codec_tracked", tracked_frames(Path(tmp) / "tile"), FINE,
+        tracked = tracked_frames(Path(tmp) / "tile")
+        write_vector("codec_tracked", tracked, FINE,
                      "tile scene (SH 3), first 2,000 Gaussians, 3 animated frames, step 2e-5: keyframe + interframes")
+        write_vector("codec_tracked_high", tracked, HIGH,
+                     "the same frames at quality 'high' (scalar-quantised SH rest bands)")
         write_vector("codec_untracked", untracked_frames(Path(tmp) / "loot"), CONFIG,
                      "3 loot frames (SH 0), every 24th voxel: keyframe + intra frames")
     return 0

@@ -77,7 +77,7 @@ def _finite(value):
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecError, FrameDecoder, PlyError, read_ply
+    from splatcast.codec import CodecError, FrameDecoder, PlyError, check_codec, read_ply
     from splatcast.codec.metrics import view_quality
     from splatcast.codec.render import orbit_cameras
     from splatcast.protocol import (
@@ -107,9 +107,10 @@ def evaluate(args: argparse.Namespace) -> int:
             if isinstance(msg, StreamHeader):
                 if header is not None:
                     raise CommandError("a second stream header", args.stream)
-                if (msg.codec, msg.codec_version) != (CODEC_NAME, CODEC_VERSION):
-                    raise CommandError(f"codec {msg.codec} v{msg.codec_version} is not "
-                                       f"{CODEC_NAME} v{CODEC_VERSION}", args.stream)
+                try:
+                    check_codec(msg.codec, msg.codec_version)
+                except CodecError as e:
+                    raise CommandError(str(e), args.stream) from e
                 if msg.frame_count is not None and msg.frame_count != len(files):
                     raise CommandError(f"the stream has {msg.frame_count} frames, the directory "
                                        f"{len(files)} .ply files", args.orig_dir)

@@ -27,7 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("input_dir", type=Path, help="directory of INRIA-layout .ply frames")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .splatcast file")
     p.add_argument("--gop", type=int, help="a keyframe at least every N frames")
-    p.add_argument("--codebook-size", type=int, help="entries per VQ codebook")
+    p.add_argument("--quality", choices=("preview", "medium", "high", "near-lossless"),
+                   help="quality preset, coarsest first (default medium; docs/CODEC.md section 7)")
+    p.add_argument("--codebook-size", type=int, help="entries per VQ codebook (SH rest bands of preview, medium)")
     p.add_argument("--alpha", type=float,
                    help="position step = ALPHA x the 5%% quantile of nearest-neighbour distances")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="k-means device")
@@ -83,7 +85,8 @@ def encode(args: argparse.Namespace) -> int:
     files = ply_frames(args.input_dir)
     if not 1 <= args.zstd_level <= 22:
         raise UsageError(f"--zstd-level must be in 1..22, got {args.zstd_level}")
-    settings = {"gop": args.gop, "codebook_size": args.codebook_size, "alpha": args.alpha, "device": args.device}
+    settings = {"gop": args.gop, "quality": args.quality, "codebook_size": args.codebook_size, "alpha": args.alpha,
+                "device": args.device}
     try:
         config = CodecConfig(**{k: v for k, v in settings.items() if v is not None})
     except ValueError as e:
@@ -139,7 +142,7 @@ def encode(args: argparse.Namespace) -> int:
 def decode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecError, FrameDecoder, write_ply
+    from splatcast.codec import CodecError, FrameDecoder, check_codec, write_ply
     from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, read_stream
 
     _check_start(args.input)
@@ -149,9 +152,10 @@ def decode(args: argparse.Namespace) -> int:
             if isinstance(msg, StreamHeader):
                 if header is not None:
                     raise CommandError("a second stream header", args.input)
-                if (msg.codec, msg.codec_version) != (CODEC_NAME, CODEC_VERSION):
-                    raise CommandError(f"codec {msg.codec} v{msg.codec_version} is not {CODEC_NAME} v{CODEC_VERSION}",
-                                       args.input)
+                try:
+                    check_codec(msg.codec, msg.codec_version)
+                except CodecError as e:
+                    raise CommandError(str(e), args.input) from e
                 header = msg
                 args.output.mkdir(parents=True, exist_ok=True)
                 bar = tqdm(total=msg.frame_count, unit="frame", file=sys.stderr)

@@ -87,13 +87,17 @@ def test_bad_inputs_give_an_error_and_status_1(encoded, tmp_path):
     no_header.write_bytes(encode_message(EndOfStream(0)))
     other_codec = tmp_path / "o.splatcast"
     other_codec.write_bytes(encode_message(StreamHeader("other", 1, {}, 0, 30.0)))
+    version_1 = tmp_path / "v1.splatcast"  # a stream of the codec's first payload layout
+    version_1.write_bytes(encode_message(StreamHeader("splatcast-vq", 1, {}, 0, 30.0)))
     garbage = tmp_path / "g.splatcast"
     garbage.write_bytes(b"\x00\x00\x00\x09not zstd!")
     cut = "after frame 3: stream ended inside a message"
     cases = [(("decode", truncated, "-o", tmp_path / "d1"), 1, cut, truncated),
              (("info", truncated), 1, cut, truncated),
              (("decode", no_header, "-o", tmp_path / "d2"), 1, "the stream does not start with a header", no_header),
-             (("decode", other_codec, "-o", tmp_path / "d3"), 1, "codec other v1 is not", other_codec),
+             (("decode", other_codec, "-o", tmp_path / "d3"), 1, "codec 'other' is not 'splatcast-vq'", other_codec),
+             (("decode", version_1, "-o", tmp_path / "d6"), 1,
+              "splatcast-vq stream version 1 is not supported: this decoder reads version 2 only", version_1),
              (("decode", garbage, "-o", tmp_path / "d4"), 1, "not a splatcast stream", garbage),
              (("info", garbage), 1, "not a splatcast stream", garbage),
              (("decode", tmp_path / "missing.splatcast", "-o", tmp_path / "d5"), 1, "No such file or directory",

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors"
-CODEC_VECTORS = ["codec_tracked", "codec_untracked"]
+CODEC_VECTORS = ["codec_tracked", "codec_tracked_high", "codec_untracked"]
 
 
 def _make_codec_vectors():

@@ -7,6 +7,9 @@ import os
 
 from splatcast.cli import frame_name
 
+QUALITY_NAMES = ("preview", "medium", "high", "near-lossless")
+"""``splatcast.codec.config.QUALITIES``' names (not imported: the client needs no torch)."""
+
 
 def register(subparsers) -> None:
     token_help = "bearer token (default: $SPLATCAST_TOKEN)"
@@ -20,6 +23,8 @@ def register(subparsers) -> None:
     up.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
     up.add_argument("--live", action="store_true", help="pace uploads at --fps, like a capture rig")
     up.add_argument("--gop", type=int, help="keyframe interval in frames (codec default otherwise)")
+    up.add_argument("--quality", choices=QUALITY_NAMES,
+                    help="codec quality preset, coarsest first (default: the codec's, medium)")
     up.add_argument("--no-finish", action="store_true", help="leave the sequence open after the last frame")
     up.add_argument("--token", default=os.environ.get("SPLATCAST_TOKEN"), help=token_help)
     up.set_defaults(func=upload)
@@ -66,7 +71,7 @@ def upload(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with _client(args) as client:
-            codec = {"gop": args.gop} if args.gop is not None else {}
+            codec = {k: v for k, v in (("gop", args.gop), ("quality", args.quality)) if v is not None}
             try:
                 name = args.name or Path(args.input_dir).resolve().name
                 seq = await client.create(name, args.fps, codec, args.seq_id)

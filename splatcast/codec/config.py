@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 CODEC_NAME = "splatcast-vq"
 """Name of this codec in stream headers."""
 
-CODEC_VERSION = 1
-"""Version of the payload layout described in docs/CODEC.md; bump on any change."""
+CODEC_VERSION = 2
+"""Version of the payload layout described in docs/CODEC.md; bump on any change. Version 1
+(every attribute vector-quantised) is not decoded any more: see ``check_codec``."""
 
 FRAME_TYPES = ("keyframe", "intra", "interframe")
 """keyframe: new codebooks and step, all data; intra: all data with the current codebooks;
@@ -19,27 +20,73 @@ class CodecError(ValueError):
     """A frame or payload the codec cannot encode or decode (inconsistent, out of range...)."""
 
 
+def check_codec(codec: str, version: int) -> None:
+    """Raise ``CodecError`` unless a stream header's ``codec`` / ``codec_version`` is this
+    codec's: a version-1 stream (all attributes vector-quantised, docs/CODEC.md section 11) is
+    refused with a message saying to re-encode it."""
+    if codec != CODEC_NAME:
+        raise CodecError(f"codec {codec!r} is not {CODEC_NAME!r}")
+    if version != CODEC_VERSION:
+        hint = " (re-encode the source frames with this version)" if version < CODEC_VERSION else ""
+        raise CodecError(f"{CODEC_NAME} stream version {version} is not supported: this decoder reads "
+                         f"version {CODEC_VERSION} only{hint}")
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Quantisation steps of one quality preset (docs/CODEC.md section 7).
+
+    - ``alpha``: position step = alpha x the 5 % quantile of nearest-neighbour distances.
+    - ``colour``: step of the degree-0 colour 0.5 + C0 sh0, in 1/255 (sh0 step = colour / 255 / C0).
+    - ``scale``: step of the log scales (natural log: 0.02 = about 2 % relative).
+    - ``rotation``: step of each component of the unit quaternion (w >= 0).
+    - ``opacity``: step of the opacity logit.
+    - ``sh_rest``: step of the higher-order SH coefficients, or 0: vector-quantised instead
+      (``CodecConfig.codebook_size`` entries per band).
+    """
+
+    alpha: float
+    colour: float
+    scale: float
+    rotation: float
+    opacity: float
+    sh_rest: float
+
+
+QUALITIES = {
+    "preview": Quality(alpha=0.6, colour=16.0, scale=0.3, rotation=1 / 16, opacity=0.6, sh_rest=0.0),
+    "medium": Quality(alpha=0.3, colour=6.0, scale=0.1, rotation=1 / 48, opacity=0.2, sh_rest=0.0),
+    "high": Quality(alpha=0.15, colour=3.0, scale=0.04, rotation=1 / 128, opacity=0.08, sh_rest=0.03),
+    "near-lossless": Quality(alpha=0.08, colour=1.5, scale=0.015, rotation=1 / 384, opacity=0.04,
+                             sh_rest=0.01),
+}
+"""Quality presets, coarsest first (each one's steps at most the previous one's)."""
+
+
 @dataclass(frozen=True)
 class CodecConfig:
     """Encoder settings; the decoder needs none of them (everything it needs is in the payloads).
 
     - ``gop``: a keyframe at least every ``gop`` frames (default 30, 1 s at 30 fps).
-    - ``codebook_size``: entries per vector-quantisation codebook, 2..65536 (uint8 ids up to
-      256, uint16 above; rotation gets 4x; k-means fits at most 16,384 entries).
+    - ``quality``: a preset of ``QUALITIES`` ("preview", "medium", "high", "near-lossless"):
+      the quantisation steps of every attribute (default "medium").
+    - ``codebook_size``: entries per vector-quantisation codebook (the SH rest bands of the
+      presets that vector-quantise them), 2..65536 (uint8 ids up to 256, uint16 above; k-means
+      fits at most 16,384 entries).
     - ``alpha``: position step = ``alpha`` x the 5 % quantile of nearest-neighbour distances
-      (the rule of gsvvcompressor), used when ``step`` is None.
+      (the rule of gsvvcompressor), used when ``step`` is None; None: the preset's.
     - ``step``: explicit position step in scene units, or None to derive it per keyframe.
     - ``tolerance``: interframe dead zone in steps: a Gaussian's position is resent when its
       error would exceed ``(tolerance + 0.5) * step``, in moves of ``2 * tolerance + 1`` steps.
-      None (default): the largest move ``unit`` with ``unit * step / 2`` within 0.05 % of the
-      scene extent (docs/CODEC.md section 7).
+      None (default): 0, the keyframe's bound step/2 (a flat GOP).
     - ``seed``: k-means seed (same seed, same input, same device -> same bytes).
     - ``device``: "auto" (CUDA when available), "cpu" or "cuda" for k-means and assignment.
     """
 
     gop: int = 30
+    quality: str = "medium"
     codebook_size: int = 256
-    alpha: float = 0.2
+    alpha: float | None = None
     step: float | None = None
     tolerance: int | None = None
     seed: int = 0
@@ -53,8 +100,10 @@ class CodecConfig:
             bad(f"gop must be an int >= 1, got {self.gop!r}")
         if not _is_int(self.codebook_size) or not 2 <= self.codebook_size <= 65536:
             bad(f"codebook_size must be an int in 2..65536, got {self.codebook_size!r}")
-        if not _is_number(self.alpha) or not 0 < self.alpha <= 100:
-            bad(f"alpha must be a number in (0, 100], got {self.alpha!r}")
+        if self.quality not in QUALITIES:
+            bad(f"quality must be one of {list(QUALITIES)}, got {self.quality!r}")
+        if self.alpha is not None and (not _is_number(self.alpha) or not 0 < self.alpha <= 100):
+            bad(f"alpha must be None or a number in (0, 100], got {self.alpha!r}")
         if self.step is not None and (not _is_number(self.step) or not 0 < self.step < 1e30):
             bad(f"step must be None or a positive finite number, got {self.step!r}")
         if self.tolerance is not None and (not _is_int(self.tolerance)
@@ -64,6 +113,12 @@ class CodecConfig:
             bad(f"seed must be a non-negative int, got {self.seed!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             bad(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    @property
+    def steps(self) -> Quality:
+        """The preset's steps, with ``alpha`` overridden when set."""
+        q = QUALITIES[self.quality]
+        return q if self.alpha is None else replace(q, alpha=self.alpha)
 
     def to_dict(self) -> dict:
         """JSON/msgpack-safe dict of all fields (None where derived)."""

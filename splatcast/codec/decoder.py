@@ -18,8 +18,13 @@ from splatcast.codec.frame import GaussianFrame
 
 GROUP_DIMS = {"rotation": 4, "scale": 3, "opacity": 1, "sh0": 3,
               "shN_1": 9, "shN_2": 15, "shN_3": 21}
-"""Codebook groups and their vector length D. shN_b holds SH band b (2b+1 coefficients x 3
+"""Attribute groups and their vector length D. shN_b holds SH band b (2b+1 coefficients x 3
 channels, coefficient-major), i.e. shN[:, b*b-1 : (b+1)*(b+1)-1, :] flattened."""
+
+SCALAR_LIMIT = 1e30
+"""Scalar quantisers: |offset| < SCALAR_LIMIT and 0 < step < SCALAR_LIMIT / 2**16 (finite values)."""
+SCALAR_DTYPES = (np.uint8, np.uint16)
+"""Integer types of scalar-quantised values (one per group, set by the keyframe)."""
 
 MAX_Q = 2**24
 """Decoded integer coordinates stay in (-MAX_Q, MAX_Q) so they are exact in float32."""
@@ -39,14 +44,19 @@ def id_dtype(codebook_rows: int) -> type:
 
 @dataclass
 class DecoderState:
-    """What a decoder keeps between frames (the previous reconstructed frame, in codec order)."""
+    """What a decoder keeps between frames (the previous reconstructed frame, in codec order).
+
+    Each attribute group is either vector-quantised (a ``codebooks`` entry; its ``ids`` are
+    [N] codebook rows) or scalar-quantised (a ``scalar`` entry, [2, D] float32 rows offset and
+    step; its ``ids`` are [D, N] integers q, value = offset + q * step)."""
 
     sh_degree: int
     step: np.float32
-    codebooks: dict[str, np.ndarray]  # name -> [K, D] float32
+    codebooks: dict[str, np.ndarray]  # name -> [K, D] float32 (vector-quantised groups)
+    scalar: dict[str, np.ndarray]  # name -> [2, D] float32 offset, step (scalar-quantised groups)
     origin: np.ndarray  # [3] float32
     q: np.ndarray  # [N, 3] int32 grid coordinates
-    ids: dict[str, np.ndarray]  # name -> [N] uint8/uint16
+    ids: dict[str, np.ndarray]  # name -> [N] uint8/uint16 (VQ) or [D, N] uint8/uint16 (scalar)
 
     @property
     def num_gaussians(self) -> int:
@@ -79,13 +89,18 @@ def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame
     cb, ids = state.codebooks, state.ids
     # the previous state and frame when they share this state's codebooks (and so its size)
     reuse = (previous if previous is not None and previous[0].codebooks is cb
-             and previous[0].num_gaussians == n else None)
+             and previous[0].scalar is state.scalar and previous[0].num_gaussians == n else None)
 
     def unchanged(*names: str) -> bool:
         return reuse is not None and all(ids[name] is reuse[0].ids[name] for name in names)
 
-    def lookup(name: str) -> torch.Tensor:  # [N, D] codebook rows; ids already validated
-        return torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
+    def lookup(name: str) -> torch.Tensor:  # [N, D] values; ids already validated
+        if name in cb:  # codebook rows
+            return torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
+        v = ids[name].T.astype(np.float32)  # [N, D]; float32 offset + float32(q * step), in place
+        np.multiply(v, state.scalar[name][1], out=v)
+        np.add(v, state.scalar[name][0], out=v)
+        return torch.from_numpy(v)
 
     def take(name: str) -> torch.Tensor:
         if reuse is not None and unchanged(name):
@@ -139,30 +154,41 @@ class FrameDecoder:
 # --- frame types -------------------------------------------------------------------------------
 
 def _keyframe(n: int, p: dict) -> DecoderState:
-    _keys(p, {"sh_degree", "step", "codebooks", "origin", "morton", "ids", "ids_delta"},
+    _keys(p, {"sh_degree", "step", "codebooks", "scalar", "origin", "morton", "ids", "ids_delta"},
           "keyframe payload")
     sh_degree = _int(p, "sh_degree", 0, 3)
     step = p["step"]
     if not isinstance(step, float) or not (0.0 < step < 1e30) or np.float32(step) != step:
         raise CodecError(f"step must be a positive finite float32 value, got {step!r}")
     names = group_names(sh_degree)
-    books = _dict(p, "codebooks", names)
-    codebooks = {}
-    for name in names:
+    books, scalars = p["codebooks"], p["scalar"]
+    if not isinstance(books, dict) or not isinstance(scalars, dict):
+        raise CodecError("codebooks and scalar must be dicts")
+    if set(books) & set(scalars) or set(books) | set(scalars) != set(names):
+        raise CodecError(f"codebooks and scalar: each of the groups {names} in exactly one, got "
+                         f"{sorted(map(str, books))} and {sorted(map(str, scalars))}")
+    codebooks, scalar = {}, {}
+    for name in books:
         cb = _array(books, name, (np.float16,), (None, GROUP_DIMS[name]), f"codebooks.{name}")
         if not 1 <= cb.shape[0] <= 65536 or not np.isfinite(cb).all():
             raise CodecError(f"codebooks.{name}: 1..65536 finite rows expected")
         codebooks[name] = cb.astype(np.float32)
+    for name in scalars:
+        sq = _array(scalars, name, (np.float32,), (2, GROUP_DIMS[name]), f"scalar.{name}")
+        if not (np.all(np.abs(sq[0]) < SCALAR_LIMIT) and np.all(sq[1] > 0)
+                and np.all(sq[1] < SCALAR_LIMIT / 2**16)):
+            raise CodecError(f"scalar.{name}: offsets within +-1e30 and steps in (0, 1e30 / 2**16) expected")
+        scalar[name] = sq
     origin, q = _positions(n, p)
-    ids = _ids(n, p, codebooks)
-    return DecoderState(sh_degree, np.float32(step), codebooks, origin, q, ids)
+    ids = _ids(n, p, codebooks, {name: SCALAR_DTYPES for name in scalar})
+    return DecoderState(sh_degree, np.float32(step), codebooks, scalar, origin, q, ids)
 
 
 def _intra(state: DecoderState, n: int, p: dict) -> DecoderState:
     _keys(p, {"origin", "morton", "ids", "ids_delta"}, "intra payload")
     origin, q = _positions(n, p)
-    ids = _ids(n, p, state.codebooks)
-    return DecoderState(state.sh_degree, state.step, state.codebooks, origin, q, ids)
+    ids = _ids(n, p, state.codebooks, {name: (state.ids[name].dtype.type,) for name in state.scalar})
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, origin, q, ids)
 
 
 def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
@@ -181,21 +207,22 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
     q = state.q.copy() if len(rows) else state.q  # state arrays are never written in place
     q[rows] = moved
-    names = list(state.codebooks)
+    names = list(state.ids)
     masks, values = _dict(p, "id_masks", names), _dict(p, "id_values", names)
     ids = {}
     for name in names:
         rows = np.flatnonzero(_mask(masks, name, n, f"id_masks.{name}"))
-        old = state.ids[name]
-        v = _array(values, name, (old.dtype.type,), (len(rows),), f"id_values.{name}")
+        old = state.ids[name]  # [N] codebook ids or [D, N] scalar values
+        v = _array(values, name, (old.dtype.type,), old.shape[:-1] + (len(rows),), f"id_values.{name}")
         if not len(rows):
             ids[name] = old  # state arrays are never written in place
             continue
-        changed = old[rows] + v  # differences from the previous ids, modulo 2**8 or 2**16
-        _check_ids(changed, state.codebooks[name].shape[0], f"id_values.{name}")
+        changed = old[..., rows] + v  # differences from the previous values, modulo 2**8 or 2**16
+        if name in state.codebooks:
+            _check_ids(changed, state.codebooks[name].shape[0], f"id_values.{name}")
         ids[name] = old.copy()
-        ids[name][rows] = changed
-    return DecoderState(state.sh_degree, state.step, state.codebooks, state.origin, q, ids)
+        ids[name][..., rows] = changed
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, state.origin, q, ids)
 
 
 # --- fields ------------------------------------------------------------------------------------
@@ -214,17 +241,24 @@ def _positions(n: int, p: dict) -> tuple[np.ndarray, np.ndarray]:
     return origin, morton.decode(codes)
 
 
-def _ids(n: int, p: dict, codebooks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    groups, coded = _dict(p, "ids", list(codebooks)), _dict(p, "ids_delta", list(codebooks))
+def _ids(n: int, p: dict, codebooks: dict[str, np.ndarray], scalar: dict[str, tuple]
+         ) -> dict[str, np.ndarray]:
+    """Codebook ids ([N], group's id dtype) and scalar values ([D, N], one of the dtypes in
+    ``scalar[name]``) of every group, group order as in ``group_names``."""
+    names = [name for name in GROUP_DIMS if name in codebooks or name in scalar]
+    groups, coded = _dict(p, "ids", names), _dict(p, "ids_delta", names)
     out = {}
-    for name, cb in codebooks.items():
-        want = id_dtype(cb.shape[0])
-        ids = _array(groups, name, (want,), (n,), f"ids.{name}")
+    for name in names:
+        if name in codebooks:
+            ids = _array(groups, name, (id_dtype(codebooks[name].shape[0]),), (n,), f"ids.{name}")
+        else:
+            ids = _array(groups, name, scalar[name], (GROUP_DIMS[name], n), f"ids.{name}")
         if not isinstance(coded[name], bool):
             raise CodecError(f"ids_delta.{name} must be a bool")
         if coded[name]:  # differences from the previous row, modulo 2**8 or 2**16
-            ids = np.cumsum(ids, dtype=want)
-        _check_ids(ids, cb.shape[0], f"ids.{name}")
+            ids = np.cumsum(ids, axis=-1, dtype=ids.dtype)
+        if name in codebooks:
+            _check_ids(ids, codebooks[name].shape[0], f"ids.{name}")
         out[name] = ids
     return out
 

@@ -1,7 +1,10 @@
 """FrameEncoder: GaussianFrame sequence -> keyframe / intra / interframe payloads (docs/CODEC.md).
 
-Design after gsvvcompressor (VQ of attributes + uniform XYZ quantisation, keyframes and deltas
-against the previous *reconstructed* frame); see docs/CODEC.md for what differs and why.
+Uniform scalar quantisation of positions and of the low-dimensional attributes (rotation, log
+scale, opacity logit, sh0) with per-attribute steps from the quality preset, vector
+quantisation (k-means codebooks, after gsvvcompressor) of the SH rest bands in the coarser
+presets; keyframes, intra frames and interframes against the previous *reconstructed* frame.
+See docs/CODEC.md for the layout and the measurements behind the choices.
 """
 
 from __future__ import annotations
@@ -14,31 +17,30 @@ import zstandard
 from scipy.spatial import cKDTree
 
 from splatcast.codec import kmeans, morton
-from splatcast.codec.config import CodecConfig, CodecError
-from splatcast.codec.decoder import MAX_Q, DecoderState, FrameDecoder, id_dtype
-from splatcast.codec.frame import GaussianFrame
+from splatcast.codec.config import CodecConfig, CodecError, Quality
+from splatcast.codec.decoder import MAX_Q, SCALAR_LIMIT, DecoderState, FrameDecoder, id_dtype
+from splatcast.codec.frame import C0, GaussianFrame
 
 NN_SAMPLE = 10000
 """Gaussians whose nearest-neighbour distance estimates the position step."""
 NN_QUANTILE = 0.05
 """Quantile of those distances that ``alpha`` multiplies (gsvvcompressor's default)."""
-EXTENT_FRACTION = 5e-4
-"""By default the interframe unit keeps position errors within this fraction of the scene extent."""
 INTRA_TRIAL = 0.5
 """An intra frame is tried when the interframe exceeds this fraction of the last intra size."""
 DRIFT = 4.0
 """A keyframe is forced when a group's mean squared VQ distortion exceeds DRIFT x its value at
 the keyframe (RMSE doubled), e.g. when colours leave the range the codebook was fitted on."""
-GROUP_SIZE_FACTOR = {"rotation": 4}
-"""Codebook size multipliers: a rotation has 3 degrees of freedom and one id (gsvvcompressor
-spends two), so it gets 4x ``codebook_size`` entries (uint16 ids)."""
 HYSTERESIS = 3.0
 """Slack of the interframe id hysteresis, in units of L (see FrameEncoder._assign): larger
 keeps more ids (fewer bytes) at a larger attribute error; the DRIFT rule bounds the drift."""
 NEIGHBOURS = 16
 """Centroids searched first when an id must change in an interframe (those nearest the old)."""
-OPACITY_EPS = 1e-4
-"""Opacity centroids are clipped to [eps, 1 - eps] before the logit (finite codebooks)."""
+LOGIT_MAX = 16.0
+"""Opacity logits are clipped to [-LOGIT_MAX, LOGIT_MAX] (alpha within 1.1e-7 of 0 or 1;
++Inf opacities of real files become finite)."""
+SCALAR_MARGIN = 1 / 8
+"""A scalar quantiser's range is the keyframe's range widened by this fraction on each side,
+so that later frames of the GOP moving a little beyond it still fit."""
 
 
 _Candidate = tuple[int, str, dict, np.ndarray]
@@ -66,9 +68,10 @@ class EncodedFrame:
 class FrameEncoder:
     """Stateful encoder, one per sequence: ``encode(frame) -> EncodedFrame``.
 
-    The first frame, every ``gop``-th frame and any frame whose positions no longer fit the
-    GOP's grid are keyframes (k-means codebooks, step size). A frame with another Gaussian count
-    is an intra frame (all data, current codebooks). Otherwise the smaller of an intra frame and
+    The first frame, every ``gop``-th frame and any frame whose positions or scalar-quantised
+    attributes no longer fit the GOP's ranges are keyframes (steps, scalar ranges, k-means
+    codebooks). A frame with another Gaussian count is an intra frame (all data, current
+    quantisers). Otherwise the smaller of an intra frame and
     an interframe (changes against the previous reconstruction, rows matched by input index)
     is sent. Raises ``CodecError`` for a change of SH degree or non-finite values.
 
@@ -86,13 +89,15 @@ class FrameEncoder:
         self._sh_degree: int | None = None
         self._gop_pos = 0  # frames since the last keyframe
         self._order = np.zeros(0, np.int64)  # [N] input row of each codec row
-        self._books: dict[str, torch.Tensor] = {}  # name -> [K, D] centroids in feature space
+        self._books: dict[str, torch.Tensor] = {}  # name -> [K, D] centroids (VQ groups)
+        self._scalar: dict[str, tuple[torch.Tensor, torch.Tensor, type]] = {}  # name -> offset [D],
+        # step [D] (float64, the float32 values sent) and value dtype (scalar-quantised groups)
         self._near: dict[str, torch.Tensor] = {}  # name -> [K, L] nearest centroids of each
         self._intra_bpg = 0.0  # zstd bytes per Gaussian of the last keyframe/intra positions + ids
         self._unit = 1  # interframe position unit and dead zone (unit / 2), in steps
         self._limits: dict[str, float] = {}  # name -> L, see _limit
         self._feats: dict[str, torch.Tensor] = {}  # previous input's features, input order
-        self._ids: dict[str, torch.Tensor] = {}  # previous input's ids, input order
+        self._ids: dict[str, torch.Tensor] = {}  # previous input's ids [N] / scalar values [N, D]
         self._dist: dict[str, torch.Tensor] = {}  # squared distance to the id's centroid when chosen
 
     def encode(self, frame: GaussianFrame) -> EncodedFrame:
@@ -108,7 +113,7 @@ class FrameEncoder:
         candidates: list[_Candidate] = []
         if state is not None and self._gop_pos < self.config.gop:
             ids = self._assign(feats)
-            if not self._drifted():
+            if not self._drifted() and self._fits(ids):
                 inter = self._interframe(state, means, ids) if n == state.num_gaussians else None
                 # an intra frame is only tried when an interframe is not clearly smaller
                 try_intra = inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n
@@ -132,18 +137,24 @@ class FrameEncoder:
     def _keyframe(self, means: np.ndarray, feats: dict[str, torch.Tensor]):
         step, self._unit = _step_and_unit(means, self.config)
         origin, order, planes = _positions(means, step)
-        codebooks = {}
+        codebooks, scalar, self._scalar = {}, {}, {}
+        steps = _group_steps(self.config.steps, feats)
         for i, (name, x) in enumerate(feats.items()):
-            k = min(self.config.codebook_size * GROUP_SIZE_FACTOR.get(name, 1), 65536)
-            fitted = kmeans.fit(x, k, self.config.seed + i) if len(x) else \
+            if steps[name] > 0:
+                scalar[name], dtype = _scalar_quantiser(x, steps[name])
+                offset, step_ = (torch.from_numpy(r.astype(np.float64)).to(self.device) for r in scalar[name])
+                self._scalar[name] = (offset, step_, dtype)
+                continue
+            fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i) if len(x) else \
                 torch.zeros((1, x.shape[1]), device=x.device)
-            codebooks[name] = _sorted_codebook(_to_stored(name, fitted))
-        self._books = {name: _from_stored(name, cb, self.device) for name, cb in codebooks.items()}
+            codebooks[name] = _sorted_codebook(np.clip(fitted.cpu().numpy(), -65504, 65504).astype(np.float16))
+        self._books = {name: torch.from_numpy(cb.astype(np.float32)).to(self.device)
+                       for name, cb in codebooks.items()}
         self._near = {name: kmeans.neighbours(c, NEIGHBOURS) for name, c in self._books.items()}
         ids = self._assign(feats, full=True)
         self._limits = {name: _limit(feats[name], d) for name, d in self._new_dist.items()}
-        payload = dict(sh_degree=self._sh_degree, step=step, codebooks=codebooks, origin=origin,
-                       morton=planes, **self._id_payload(ids, order))
+        payload = dict(sh_degree=self._sh_degree, step=step, codebooks=codebooks, scalar=scalar,
+                       origin=origin, morton=planes, **self._id_payload(ids, order))
         return "keyframe", payload, order, ids
 
     def _intra(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]) -> _Candidate | None:
@@ -173,9 +184,10 @@ class FrameEncoder:
         delta = np.diff(moves.T, axis=1, prepend=0)  # [3, M] differences along codec order
         id_masks, id_values = {}, {}
         for name, cur in self._ids_in_order(ids, order).items():
-            changed = cur != state.ids[name]
+            prev = state.ids[name]  # [N] ids or [D, N] scalar values
+            changed = cur != prev if cur.ndim == 1 else (cur != prev).any(0)
             id_masks[name] = _pack(changed)
-            id_values[name] = cur[changed] - state.ids[name][changed]  # wraps like the ids
+            id_values[name] = np.ascontiguousarray(cur[..., changed] - prev[..., changed])  # wraps
         payload = dict(unit=unit, pos_mask=_pack(mask), pos_delta=_narrow_int(delta),
                        id_masks=id_masks, id_values=id_values)
         return _size(payload), "interframe", payload, order
@@ -188,13 +200,24 @@ class FrameEncoder:
         return any(float(d.mean()) > DRIFT * max(self._limits[name], 1e-12)
                    for name, d in self._new_dist.items() if len(d))
 
+    def _fits(self, ids: dict[str, torch.Tensor]) -> bool:
+        """Whether every scalar-quantised value fits its group's integer type (else the content
+        left the keyframe's ranges: a keyframe sets new ones)."""
+        return all(not len(v) or (int(v.min()) >= 0 and int(v.max()) <= np.iinfo(self._scalar[name][2]).max)
+                   for name, v in ids.items() if name in self._scalar)
+
     def _assign(self, feats: dict[str, torch.Tensor], full: bool = False) -> dict[str, torch.Tensor]:
-        """Codebook ids [N] int64 per group, input order. Unless ``full`` or the count changed,
+        """Scalar values q = round((x - offset) / step) [N, D] int64 of the scalar-quantised
+        groups (may fall outside the group's type: see ``_fits``), and codebook ids [N] int64 of
+        the vector-quantised ones, input order. Ids: unless ``full`` or the count changed,
         a row keeps its previous id while its squared distance to that centroid stays within
         max(L, d0) + HYSTERESIS * L (L: ``_limit``; d0: the row's distance when the id was
         chosen): fewer id changes, less time. Sets ``self._new_dist``."""
         out, self._new_dist = {}, {}
         for name, x in feats.items():
+            if name in self._scalar:
+                out[name] = self._quantise(name, x)
+                continue
             books, prev = self._books[name], self._feats.get(name)
             if full or prev is None or prev.shape != x.shape:
                 ids = kmeans.assign(x, books)
@@ -220,17 +243,30 @@ class FrameEncoder:
             out[name], self._new_dist[name] = ids, dist
         return out
 
+    def _quantise(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Scalar values [N, D] int64 of a scalar-quantised group's rows ``x`` [N, D]:
+        q = round((x - offset) / step) per dimension, in every frame type (so an interframe's
+        error is bounded like the keyframe's: step / 2)."""
+        offset, step, _ = self._scalar[name]
+        return torch.round((x.double() - offset) / step).long()
+
     def _ids_in_order(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, np.ndarray]:
-        """Ids in codec order as uint8 (codebooks <= 256 entries) or uint16."""
-        return {name: v.cpu().numpy().astype(id_dtype(self._books[name].shape[0])).take(order)
-                for name, v in ids.items()}
+        """Codec order: ids [N] as uint8 (codebooks <= 256 entries) or uint16, scalar values
+        [D, N] in their group's type (after ``_fits``)."""
+        out: dict[str, np.ndarray] = {}
+        for name, v in ids.items():
+            if name in self._scalar:
+                out[name] = np.ascontiguousarray(v.cpu().numpy().astype(self._scalar[name][2]).T.take(order, 1))
+            else:
+                out[name] = v.cpu().numpy().astype(id_dtype(self._books[name].shape[0])).take(order)
+        return out
 
     def _id_payload(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, dict]:
         """``ids`` and ``ids_delta`` fields: per group, the raw ids or their differences from the
         previous row (modulo the id type), whichever compresses smaller."""
         values, coded = {}, {}
         for name, raw in self._ids_in_order(ids, order).items():
-            diff = np.diff(raw, prepend=raw.dtype.type(0))  # wraps modulo 2**8 / 2**16
+            diff = np.diff(raw, axis=-1, prepend=np.zeros(raw.shape[:-1] + (1,), raw.dtype))  # wraps
             coded[name] = bool(_size({"d": diff}) < _size({"r": raw}))
             values[name] = diff if coded[name] else raw
         return dict(ids=values, ids_delta=coded)
@@ -241,11 +277,13 @@ class _GridOverflow(Exception):
 
 
 def _features(frame: GaussianFrame) -> dict[str, torch.Tensor]:
-    """Per group, the [N, D] float32 vectors that k-means clusters (docs/CODEC.md)."""
+    """Per group, the [N, D] float32 vectors that are quantised (docs/CODEC.md): the unit
+    quaternion with w >= 0, log scales, the opacity logit clipped to +-LOGIT_MAX, sh0, and the
+    SH rest bands (coefficient-major)."""
     unit = _normalised(frame.quats)
     unit = torch.where(unit[:, :1] < 0, -unit, unit)  # q and -q are the same rotation: w >= 0
     out = {"rotation": unit, "scale": frame.scales,
-           "opacity": torch.sigmoid(frame.opacities).unsqueeze(1), "sh0": frame.sh0}
+           "opacity": frame.opacities.clamp(-LOGIT_MAX, LOGIT_MAX).unsqueeze(1), "sh0": frame.sh0}
     n = frame.num_gaussians
     for b in range(1, frame.sh_degree + 1):
         out[f"shN_{b}"] = frame.shN[:, b * b - 1:(b + 1) ** 2 - 1, :].reshape(n, 3 * (2 * b + 1))
@@ -258,13 +296,28 @@ def _normalised(q: torch.Tensor) -> torch.Tensor:  # [N, 4] -> [N, 4], zero rows
     return torch.where(norm > 0, q / norm.clamp(min=1e-30), identity)
 
 
-def _to_stored(name: str, c: torch.Tensor) -> np.ndarray:
-    """Centroids in feature space [K, D] -> codebook as sent: float16 [K, D]."""
-    if name == "rotation":
-        c = _normalised(c)
-    elif name == "opacity":
-        c = torch.logit(c.clamp(OPACITY_EPS, 1 - OPACITY_EPS))
-    return np.clip(c.cpu().numpy(), -65504, 65504).astype(np.float16)
+def _group_steps(quality: Quality, feats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar quantisation step of each group in its feature's units, 0 for vector quantisation."""
+    shared = {"rotation": quality.rotation, "scale": quality.scale, "opacity": quality.opacity,
+              "sh0": quality.colour / 255 / C0}
+    return {name: shared.get(name, quality.sh_rest) for name in feats}
+
+
+def _scalar_quantiser(x: torch.Tensor, step: float) -> tuple[np.ndarray, type]:
+    """Offset and step of a group's uniform quantiser, [2, D] float32 (payload ``scalar``), and
+    the values' type: uint8 when 256 levels cover the range, else uint16.
+
+    The range is the rows' ``x`` [N, D] min..max widened by SCALAR_MARGIN of it on each side;
+    the step is ``step``, or larger where 2**16 levels would not cover the range."""
+    if len(x):
+        lo, hi = (v.double().cpu().numpy() for v in x.aminmax(dim=0))
+    else:
+        lo = hi = np.zeros(x.shape[1])
+    margin = SCALAR_MARGIN * (hi - lo)
+    offset = np.clip(lo - margin, -SCALAR_LIMIT / 2, SCALAR_LIMIT / 2).astype(np.float32)
+    steps = (np.maximum(step, (hi + margin - offset) / (2**16 - 1)) * (1 + 1e-6)).astype(np.float32)
+    top = float(np.max((hi + margin - offset) / steps)) if x.shape[1] else 0.0
+    return np.stack([offset, steps]), (np.uint8 if top <= 255 else np.uint16)
 
 
 def _sorted_codebook(cb: np.ndarray) -> np.ndarray:
@@ -277,50 +330,33 @@ def _sorted_codebook(cb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cb[np.argsort(x @ axis, kind="stable")])
 
 
-def _from_stored(name: str, cb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Codebook as sent -> centroids in feature space, [K, D] float32 on ``device``."""
-    c = torch.from_numpy(cb.astype(np.float32)).to(device)
-    return torch.sigmoid(c) if name == "opacity" else c
-
-
 def _step_and_unit(means: np.ndarray, config: CodecConfig) -> tuple[float, int]:
     """Position step (a float32 value) and interframe unit (in steps) for a keyframe.
 
     Step: explicit, or alpha x the 5 % NN-distance quantile; if the positions lie on a lattice
-    of that spacing (voxelised captures), the lattice spacing. Unit: ``2 * tolerance + 1``, or
-    the smallest unit with ``unit * step / 2`` at least the extent bound B (0.05 % of the
-    extent), the derived step then shrunk so that ``unit * step / 2 == B`` exactly; a bound
-    below half a step gives unit 1.
+    of that spacing (voxelised captures), the lattice spacing; grown if needed so that every
+    axis spans fewer than 2**21 steps. Unit: ``2 * tolerance + 1``, by default 1 (interframe
+    positions within step/2, as the keyframe's: a flat GOP).
     """
     span = float((means.max(0) - means.min(0)).max()) if len(means) else 0.0
-    step, adjustable = (config.step, False) if config.step is not None else _nn_step(means, config)
-    ratio = 2 * EXTENT_FRACTION * _extent(means) / step
-    if config.tolerance is not None:
-        unit = 2 * config.tolerance + 1
-    elif ratio < 1:
-        unit = 1
-    elif adjustable:
-        unit = int(np.ceil(ratio))
-        step = step * ratio / unit
-    else:
-        unit = int(ratio)
+    step = config.step if config.step is not None else _nn_step(means, config)
+    unit = 2 * config.tolerance + 1 if config.tolerance is not None else 1
     return float(np.float32(max(step, span / (2**morton.BITS - 2), 1e-30))), unit
 
 
-def _nn_step(means: np.ndarray, config: CodecConfig) -> tuple[float, bool]:
-    """alpha x the 5 % NN-distance quantile, or a lattice spacing; and whether it is the
-    former (which the interframe unit may shrink slightly)."""
+def _nn_step(means: np.ndarray, config: CodecConfig) -> float:
+    """alpha x the 5 % NN-distance quantile, or a lattice spacing (docs/CODEC.md section 7)."""
     if len(means) < 2:
-        return 1.0, False
+        return 1.0
     rng = np.random.default_rng(config.seed)
     sample = means[rng.choice(len(means), min(NN_SAMPLE, len(means)), replace=False)]
     dist, _ = cKDTree(means).query(sample, k=2)
     nn = dist[:, 1][dist[:, 1] > 0]
     if not len(nn):
-        return 1.0, False
+        return 1.0
     d = float(np.quantile(nn, NN_QUANTILE))
     lattice = _lattice_spacing(means, sample, d)
-    return (lattice, False) if lattice is not None else (config.alpha * d, True)
+    return lattice if lattice is not None else config.steps.alpha * d
 
 
 def _lattice_spacing(means: np.ndarray, sample: np.ndarray, d: float) -> float | None:
@@ -333,13 +369,6 @@ def _lattice_spacing(means: np.ndarray, sample: np.ndarray, d: float) -> float |
     spacing = (means[:, axis].max() - lo[axis]) / cells  # refined over the whole span
     k = (sample - lo) / spacing
     return spacing if np.abs(k - np.rint(k)).max() <= 1e-3 else None
-
-
-def _extent(means: np.ndarray) -> float:
-    """Diagonal of the 1st..99th percentile box of the positions (robust scene extent)."""
-    if not len(means):
-        return 0.0
-    return float(np.linalg.norm(np.percentile(means, 99, 0) - np.percentile(means, 1, 0)))
 
 
 def _positions(means: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ function load(name) {
   return { doc, frames: msgs.filter((m) => m.t === "frame") };
 }
 
-for (const name of ["codec_tracked", "codec_untracked"]) {
+for (const name of ["codec_tracked", "codec_tracked_high", "codec_untracked"]) {
   test(`${name}: JS decoder output is bit-identical to Python's`, { skip: !existsSync(`${VECTORS}${name}.json`) }, () => {
     const { doc, frames } = load(name);
     assert.equal(frames.length, doc.frames.length);
@@ -58,19 +58,16 @@ test("a bad interframe leaves the decoder state unchanged (interframes change it
   assert.equal(inter.frame_type, "interframe");
   const decoder = new FrameDecoder();
   const before = decoder.decode(key.frame_type, key.num_gaussians, key.payload);
-  const lastRow = (bits) => { // highest set bit of a little-bit-order mask
-    let k = bits.length - 1;
-    while (!bits[k]) k--;
-    return 8 * k + 31 - Math.clz32(bits[k]);
-  };
-  // The last id change of sh0 leads out of its codebook (earlier rows and all positions are valid).
-  const values = inter.payload.id_values.sh0.data.slice();
-  const old = decoder.state.ids.sh0[lastRow(inter.payload.id_masks.sh0.data)];
-  values[values.length - 1] = (255 - old) & 255;
-  const { dtype, shape } = inter.payload.id_values.sh0;
+  // Row 0's shN_1 id leads out of its codebook (a single row: the tile's SH rest is zero) while
+  // the scalar-quantised groups' changes are valid.
+  assert.equal(decoder.state.books.shN_1.rows, 1);
+  const mask = new Uint8Array(inter.payload.id_masks.shN_1.data.length);
+  mask[0] = 1;
+  const one = Uint8Array.of(1);
   const badIds = { ...inter.payload,
-    id_values: { ...inter.payload.id_values, sh0: new WireArray(dtype, shape, values, values) } };
-  assert.throws(() => decoder.update("interframe", inter.num_gaussians, badIds), /id 255 out of range/);
+    id_masks: { ...inter.payload.id_masks, shN_1: new WireArray("|u1", [mask.length], mask, mask) },
+    id_values: { ...inter.payload.id_values, shN_1: new WireArray("|u1", [1], one, one) } };
+  assert.throws(() => decoder.update("interframe", inter.num_gaussians, badIds), /id 1 out of range/);
   // The last moved row leaves the grid (the rows before it have moved by then, and move back).
   const delta = Int32Array.from(inter.payload.pos_delta.data);
   delta[delta.length / 3 - 1] += 2 ** 24 / inter.payload.unit;

@@ -56,7 +56,7 @@ test("packShBands matches Spark's encodeSh1Rgb / encodeSh2Rgb / encodeSh3Rgb", {
   });
 });
 
-for (const name of ["codec_tracked", "codec_untracked"]) {
+for (const name of ["codec_tracked", "codec_tracked_high", "codec_untracked"]) {
   test(`StatePacker (codebook tables, reused buffers) packs ${name} like the float path`,
     { skip: !existsSync(`${VECTORS}${name}.splatcast`) }, () => {
       const decoder = new FrameDecoder();

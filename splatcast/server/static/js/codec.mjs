@@ -14,9 +14,11 @@ export class CodecError extends Error {
   }
 }
 
-/** Codebook groups -> vector length D; shN_b is SH band b, coefficient-major. */
+/** Attribute groups -> vector length D; shN_b is SH band b, coefficient-major. */
 export const GROUP_DIMS = { rotation: 4, scale: 3, opacity: 1, sh0: 3, shN_1: 9, shN_2: 15, shN_3: 21 };
 const MAX_Q = 2 ** 24;
+const SCALAR_LIMIT = 1e30;
+const SCALAR_DTYPES = ["|u1", "<u2"];
 const INT = ["|i1", "<i2", "<i4"];
 
 export function groupNames(shDegree) {
@@ -120,47 +122,69 @@ function positions(n, p) {
   return { origin, q: mortonPositions(planes, n) };
 }
 
-function idArrays(n, p, codebooks) {
-  const names = Object.keys(codebooks);
+/** Ids of every group: codebook ids [N] (vector-quantised groups) or scalar values [D, N]
+ * (scalar-quantised groups, dtype one of `scalarDtypes[name]`), as typed arrays. */
+function idArrays(n, p, codebooks, scalarDtypes) {
+  const names = Object.keys(GROUP_DIMS).filter((g) => g in codebooks || g in scalarDtypes);
   const groups = dict(p, "ids", names);
   const coded = dict(p, "ids_delta", names);
   const out = {};
-  for (const [name, cb] of Object.entries(codebooks)) {
-    const want = cb.rows <= 256 ? "|u1" : "<u2";
-    const ids = array(groups, name, [want], [n], `ids.${name}`).data.slice(); // interframes change it
+  for (const name of names) {
+    const cb = codebooks[name];
+    const a = cb
+      ? array(groups, name, [cb.rows <= 256 ? "|u1" : "<u2"], [n], `ids.${name}`)
+      : array(groups, name, scalarDtypes[name], [GROUP_DIMS[name], n], `ids.${name}`);
+    const ids = a.data.slice(); // interframes change it
     need(typeof coded[name] === "boolean", `ids_delta.${name} must be a bool`);
     if (coded[name]) { // differences from the previous row, modulo 2^8 or 2^16 (typed array wrap)
-      for (let i = 1; i < n; i++) ids[i] += ids[i - 1];
+      for (let r = 0; r < ids.length; r += n) for (let i = r + 1; i < r + n; i++) ids[i] += ids[i - 1];
     }
-    checkIds(ids, cb.rows, `ids.${name}`);
+    if (cb) checkIds(ids, cb.rows, `ids.${name}`);
     out[name] = ids;
   }
   return out;
 }
 
 function keyframe(n, p) {
-  keys(p, ["sh_degree", "step", "codebooks", "origin", "morton", "ids", "ids_delta"], "keyframe payload");
+  keys(p, ["sh_degree", "step", "codebooks", "scalar", "origin", "morton", "ids", "ids_delta"], "keyframe payload");
   const shDegree = intField(p, "sh_degree", 0, 3);
   const step = p.step;
   need(typeof step === "number" && step > 0 && step < 1e30 && Math.fround(step) === step,
     `step must be a positive finite float32 value, got ${step}`);
   const names = groupNames(shDegree);
-  const books = dict(p, "codebooks", names);
-  const codebooks = {};
-  for (const name of names) {
+  const isDict = (d) => d !== null && typeof d === "object" && !(d instanceof WireArray);
+  const books = p.codebooks, scalars = p.scalar;
+  need(isDict(books) && isDict(scalars), "codebooks and scalar must be dicts");
+  const listed = [...Object.keys(books), ...Object.keys(scalars)];
+  need(listed.length === names.length && names.every((g) => listed.includes(g)),
+    `codebooks and scalar: each of the groups ${names} in exactly one, got ${Object.keys(books)} and ${Object.keys(scalars)}`);
+  const codebooks = {}, scalar = {}, scalarDtypes = {};
+  for (const name of Object.keys(books)) {
     const cb = array(books, name, ["<f2"], [null, GROUP_DIMS[name]], `codebooks.${name}`);
     need(cb.shape[0] >= 1 && cb.shape[0] <= 65536 && cb.data.every(Number.isFinite),
       `codebooks.${name}: 1..65536 finite rows expected`);
     codebooks[name] = { rows: cb.shape[0], dim: GROUP_DIMS[name], data: cb.data };
   }
+  for (const name of Object.keys(scalars)) {
+    const d = GROUP_DIMS[name];
+    const sq = array(scalars, name, ["<f4"], [2, d], `scalar.${name}`).data.slice();
+    for (let j = 0; j < d; j++) {
+      need(Math.abs(sq[j]) < SCALAR_LIMIT && sq[d + j] > 0 && sq[d + j] < SCALAR_LIMIT / 2 ** 16,
+        `scalar.${name}: offsets within +-1e30 and steps in (0, 1e30 / 2**16) expected`);
+    }
+    scalar[name] = { dim: d, offset: sq.subarray(0, d), step: sq.subarray(d) };
+    scalarDtypes[name] = SCALAR_DTYPES;
+  }
   const { origin, q } = positions(n, p);
-  return { shDegree, step, codebooks, origin, q, ids: idArrays(n, p, codebooks), n, changed: null };
+  return { shDegree, step, books: codebooks, scalar, origin, q, codes: idArrays(n, p, codebooks, scalarDtypes), n, changed: null };
 }
 
 function intra(state, n, p) {
   keys(p, ["origin", "morton", "ids", "ids_delta"], "intra payload");
   const { origin, q } = positions(n, p);
-  return { ...state, origin, q, ids: idArrays(n, p, state.codebooks), n, changed: null };
+  const scalarDtypes = {};
+  for (const name of Object.keys(state.scalar)) scalarDtypes[name] = [state.codes[name] instanceof Uint8Array ? "|u1" : "<u2"];
+  return { ...state, origin, q, codes: idArrays(n, p, state.books, scalarDtypes), n, changed: null };
 }
 
 // Interframe changes are applied in place (no per-frame copies) so that a bad payload leaves
@@ -186,15 +210,21 @@ function movePositions(q, mask, delta, unit, limit) {
   return k;
 }
 
-/** The k-th set row i of an id mask takes id (ids[i] + values[k]) mod 2^8 or 2^16. */
-function changeIds(ids, mask, values, rows, what, write) {
-  const bits = mask.bits, wrap = ids.BYTES_PER_ELEMENT === 1 ? 0xff : 0xffff;
+/** The k-th set row i of an id mask takes id (ids[i] + values[k]) mod 2^8 or 2^16; for scalar
+ * values ([D, N] ids, [D, M] values, n = N) each of the D rows likewise. `rows` = codebook size,
+ * or 0 for scalar values (every value is valid: nothing to check). */
+function changeIds(ids, mask, values, rows, what, write, n) {
+  const bits = mask.bits, wrap = ids.BYTES_PER_ELEMENT === 1 ? 0xff : 0xffff, m = mask.count;
+  const dims = ids.length / Math.max(n, 1);
+  if (!write && rows === 0) return;
   for (let byte = 0, k = 0; byte < bits.length; byte++) {
     for (let b = bits[byte]; b; b &= b - 1, k++) {
       const i = 8 * byte + 31 - Math.clz32(b & -b);
-      const id = (ids[i] + values[k]) & wrap;
-      if (write) ids[i] = id;
-      else if (id >= rows) throw new CodecError(`${what}: id ${id} out of range for a codebook of ${rows}`);
+      for (let d = 0; d < dims; d++) {
+        const id = (ids[d * n + i] + values[d * m + k]) & wrap;
+        if (write) ids[d * n + i] = id;
+        else if (id >= rows) throw new CodecError(`${what}: id ${id} out of range for a codebook of ${rows}`);
+      }
     }
   }
 }
@@ -206,16 +236,18 @@ function interframe(state, n, p) {
   const moved = bitMask(p, "pos_mask", n, "pos_mask");
   // pos_delta [3, M]: per axis, the moved rows' steps as differences along the mask order.
   const delta = array(p, "pos_delta", INT, [3, moved.count], "pos_delta").data;
-  const names = Object.keys(state.codebooks);
+  const names = Object.keys(state.codes);
   const masks = dict(p, "id_masks", names);
   const values = dict(p, "id_values", names);
+  const rowsOf = (name) => (name in state.books ? state.books[name].rows : 0);
   const changes = names.map((name) => {
     const mask = bitMask(masks, name, n, `id_masks.${name}`);
-    const want = state.ids[name] instanceof Uint8Array ? "|u1" : "<u2";
-    return { name, mask, values: array(values, name, [want], [mask.count], `id_values.${name}`).data };
+    const want = state.codes[name] instanceof Uint8Array ? "|u1" : "<u2";
+    const shape = name in state.scalar ? [GROUP_DIMS[name], mask.count] : [mask.count];
+    return { name, mask, values: array(values, name, [want], shape, `id_values.${name}`).data };
   });
   for (const { name, mask, values: v } of changes) {
-    changeIds(state.ids[name], mask, v, state.codebooks[name].rows, `id_values.${name}`, false);
+    changeIds(state.codes[name], mask, v, rowsOf(name), `id_values.${name}`, false, n);
   }
   const done = movePositions(state.q, moved, delta, unit, moved.count);
   if (done < moved.count) {
@@ -223,15 +255,28 @@ function interframe(state, n, p) {
     throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
   }
   for (const { name, mask, values: v } of changes) {
-    changeIds(state.ids[name], mask, v, state.codebooks[name].rows, `id_values.${name}`, true);
+    changeIds(state.codes[name], mask, v, rowsOf(name), `id_values.${name}`, true, n);
   }
   const changedIds = {};
   for (const { name, mask } of changes) changedIds[name] = mask.count ? mask.bits : null;
   return { ...state, changed: { moved: moved.count ? moved.bits : null, ids: changedIds } };
 }
 
-function gather(cb, ids, n) {
-  const { dim, data } = cb;
+/** Values [N*D] of a group of a decoder state: codebook rows, or for a scalar-quantised group
+ * offset + float32(q * step) with float32 roundings as numpy's (as for means). */
+function gather(state, name) {
+  const n = state.n, ids = state.codes[name];
+  const sq = state.scalar[name];
+  if (sq) {
+    const { dim, offset, step } = sq;
+    const out = new Float32Array(n * dim);
+    for (let d = 0; d < dim; d++) {
+      const o = offset[d], s = step[d];
+      for (let i = 0; i < n; i++) out[i * dim + d] = o + Math.fround(ids[d * n + i] * s);
+    }
+    return out;
+  }
+  const { dim, data } = state.books[name];
   const out = new Float32Array(n * dim);
   for (let i = 0; i < n; i++) {
     const src = ids[i] * dim;
@@ -254,14 +299,35 @@ export function stateMeans(state, means = new Float32Array(state.n * 3)) {
   return means;
 }
 
+/** The packing view of a decoder state (pack.mjs' StatePacker reads it): `codebooks` {group:
+ * {rows, dim, data}} and `ids` {group: [N] row of each Gaussian}. Vector-quantised groups show
+ * their codebook and ids (the state's own arrays, changed in place by interframes); a
+ * scalar-quantised group shows its decoded values as an N-row table with ids 0..N-1 (a new
+ * table each frame). Reuses `previous`'s identity ids when N is the same. */
+function withView(state, previous) {
+  const codebooks = {}, ids = {};
+  let identity = previous && previous.n === state.n ? previous.identity : null;
+  for (const name of Object.keys(state.codes)) {
+    if (name in state.books) {
+      codebooks[name] = state.books[name];
+      ids[name] = state.codes[name];
+    } else {
+      codebooks[name] = { rows: state.n, dim: GROUP_DIMS[name], data: gather(state, name) };
+      identity ??= Uint32Array.from({ length: state.n }, (_, i) => i);
+      ids[name] = identity;
+    }
+  }
+  return { ...state, codebooks, ids, identity };
+}
+
 /** The frame a decoder state stands for (see the header comment for the arrays). */
 export function reconstruct(state) {
-  const { n, codebooks: cb, ids, shDegree } = state;
+  const { n, shDegree } = state;
   const k = (shDegree + 1) ** 2 - 1;
   const shN = new Float32Array(n * k * 3);
   let offset = 0;
   for (let b = 1; b <= shDegree; b++) {
-    const band = gather(cb[`shN_${b}`], ids[`shN_${b}`], n);
+    const band = gather(state, `shN_${b}`);
     const width = (2 * b + 1) * 3;
     for (let i = 0; i < n; i++) shN.set(band.subarray(i * width, (i + 1) * width), i * k * 3 + offset);
     offset += width;
@@ -270,18 +336,20 @@ export function reconstruct(state) {
     numGaussians: n,
     shDegree,
     means: stateMeans(state),
-    scales: gather(cb.scale, ids.scale, n),
-    quats: gather(cb.rotation, ids.rotation, n),
-    opacities: gather(cb.opacity, ids.opacity, n),
-    sh0: gather(cb.sh0, ids.sh0, n),
+    scales: gather(state, "scale"),
+    quats: gather(state, "rotation"),
+    opacities: gather(state, "opacity"),
+    sh0: gather(state, "sh0"),
     shN,
   };
 }
 
 /**
  * Stateful decoder, one per stream; may start at any keyframe.
- * update(frameType, numGaussians, payload) -> the new decoder state {n, shDegree, step,
- * codebooks, origin, q, ids, changed} (for packing and stateMeans); decode(...) -> frame arrays
+ * update(frameType, numGaussians, payload) -> the new decoder state {n, shDegree, step, books,
+ * scalar, origin, q, codes, changed} (books: codebooks of the vector-quantised groups, scalar:
+ * {offset, step} of the others, codes: ids [N] or scalar values [D, N] per group) with its
+ * packing view {codebooks, ids} (see withView) for pack.mjs and stateMeans; decode(...) -> frame arrays
  * (see the header comment). Both throw CodecError for an intra or interframe before a keyframe
  * or any inconsistent payload; the state is left unchanged then.
  *
@@ -308,8 +376,8 @@ export class FrameDecoder {
       else if (frameType === "interframe") next = interframe(this.state, numGaussians, payload);
       else throw new CodecError(`unknown frame type '${frameType}'`);
     }
-    this.state = next;
-    return next;
+    this.state = withView(next, this.state);
+    return this.state;
   }
 
   decode(frameType, numGaussians, payload) {

@@ -1,0 +1,126 @@
+"""Rate-distortion of the quality presets on the shared sequences: PSNR vs bytes per Gaussian.
+
+usage: python bench/bench_rd.py [--seq A,B,C,D] [--frames 10] [--psnr-every 3] [--workdir DIR]
+                                [--presets preview,medium,high,near-lossless] [--json OUT.json]
+                                [--plot docs/rd.png] [--from-json IN.json]
+
+For every sequence of bench/bench_codec.py (A tile SH3 tracked, B playbot 250k tracked + jitter,
+C biker tracked, D loot untracked) and every preset of ``splatcast.codec.QUALITIES``: the first
+--frames frames are encoded and decoded (``bench_codec.run``), B/G = wire bytes of all frames /
+Gaussians of all frames, PSNR = mean over every --psnr-every-th frame (frame 0 included) of
+``view_quality`` (4 orbit views, 256 px). The figure (matplotlib, one panel per sequence) draws
+the presets' curve, the version-1 codec's measured points (keyframe and interframe, from
+docs/CODEC.md section 10) and the peers' recorded figures (constants below: they are not run).
+--from-json redraws a figure from a previous --json without encoding anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from bench_codec import SEQUENCES, generate, run  # noqa: E402
+
+from splatcast.codec import QUALITIES, CodecConfig  # noqa: E402
+
+V1 = {  # splatcast-vq version 1 (all attributes VQ), bench_codec.py before issue 9:
+    # sequence -> ((key B/G, key PSNR), (inter or intra B/G, its PSNR))
+    "A": ((7.93, 28.80), (0.78, 27.36)),
+    "B": ((8.22, 42.25), (1.14, 39.45)),
+    "C": ((6.96, 41.99), (0.93, 40.46)),
+    "D": ((1.20, 57.64), (1.15, 57.02)),
+}
+PEERS = {  # B/G recorded in issue 2 on these sequences (same machine): keyframe, interframe.
+    # Their rendered-view PSNR was not measured here (the peers are not run by this script).
+    "gsvvcompressor 1.2.0": {"A": (12.8, 6.9), "B": (16.8, 6.4), "C": (12.3, 8.5), "D": (3.0, 3.0)},
+    "splats4d 0.1.0": {"A": (21.6, 2.35), "B": (19.5, 2.33), "C": (19.4, 2.46), "D": (3.0, 3.0)},
+}
+
+
+def measure(seqs: list[str], presets: list[str], frames: int, psnr_every: int, workdir: Path) -> list[dict]:
+    """One row per (sequence, preset): bpg, psnr (mean), psnr_min, key/other B/G, frame types."""
+    out = []
+    for name in seqs:
+        directory = generate(name, workdir)
+        sub = workdir / f"{name}_first{frames}"
+        if not sub.is_dir():  # the first frames only, as symbolic links
+            sub.mkdir()
+            for path in sorted(directory.glob("*.ply"))[:frames]:
+                (sub / path.name).symlink_to(path.resolve())
+        for preset in presets:
+            res = run(name, sub, CodecConfig(quality=preset), 3, psnr_every=psnr_every)
+            rows = res["rows"]
+            psnrs = [r["psnr"] for r in rows if r["psnr"] == r["psnr"]]
+            key = [r for r in rows if r["type"] == "keyframe"]
+            other = [r for r in rows if r["type"] != "keyframe"]
+            out.append(dict(seq=name, preset=preset,
+                            bpg=sum(r["bytes"] for r in rows) / sum(r["n"] for r in rows),
+                            key_bpg=sum(r["bytes"] for r in key) / sum(r["n"] for r in key),
+                            other_bpg=sum(r["bytes"] for r in other) / max(sum(r["n"] for r in other), 1),
+                            psnr=sum(psnrs) / len(psnrs), psnr_min=min(psnrs),
+                            types="".join(r["type"][0].upper() for r in rows)))
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    seqs = sorted({r["seq"] for r in rows})
+    fig, axes = plt.subplots(1, len(seqs), figsize=(4.2 * len(seqs), 4.0), squeeze=False)
+    for ax, name in zip(axes[0], seqs):
+        mine = [r for r in rows if r["seq"] == name]
+        ax.plot([r["bpg"] for r in mine], [r["psnr"] for r in mine], "o-", color="C0", label="splatcast v2 presets")
+        for r in mine:
+            ax.annotate(r["preset"], (r["bpg"], r["psnr"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        (kb, kp), (ob, op) = V1[name]
+        ax.plot([kb, ob], [kp, op], "s", color="C3", label="splatcast v1 (key, inter/intra)")
+        for i, (peer, figures) in enumerate(PEERS.items()):
+            key, inter = figures[name]
+            ax.axvspan(min(key, inter), max(key, inter), color=f"C{i + 1}", alpha=0.15,
+                       label=f"{peer}: inter..key B/G (PSNR not measured)")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per Gaussian (all frames; log)")
+        ax.set_ylabel("PSNR dB (4 views, 256 px)")
+        ax.set_title(f"{name}: {SEQUENCES[name][2]}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seq", default="A,B,C,D")
+    ap.add_argument("--presets", default=",".join(QUALITIES))
+    ap.add_argument("--frames", type=int, default=10, help="first N frames of each sequence")
+    ap.add_argument("--psnr-every", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, help="where generated frames live (kept); default: temp")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--plot", type=Path, help="write the figure here (PNG)")
+    ap.add_argument("--from-json", type=Path, help="plot the rows of a previous --json run")
+    a = ap.parse_args()
+    if a.from_json:
+        rows = json.loads(a.from_json.read_text())
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = measure(a.seq.split(","), a.presets.split(","), a.frames, max(a.psnr_every, 1),
+                           a.workdir or Path(tmp))
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print("| seq | preset | B/G all | key B/G | other B/G | PSNR dB mean (min) | types |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['seq']} | {r['preset']} | {r['bpg']:.2f} | {r['key_bpg']:.2f} | {r['other_bpg']:.2f} "
+              f"| {r['psnr']:.2f} ({r['psnr_min']:.2f}) | {r['types']} |")
+    if a.plot:
+        plot(rows, a.plot)
+
+
+if __name__ == "__main__":
+    main()
