@@ -36,7 +36,7 @@ class RedisHub:
     def __init__(self, redis_url: str, block_ms: int, skew_ms: int, timeout_s: float, retry_after_s: float,
                  count: int = 32) -> None:
         self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=block_ms / 1000 + timeout_s,
-                                             socket_connect_timeout=timeout_s)
+                                             socket_connect_timeout=timeout_s, protocol=2)  # RESP2: list replies
         self.block_ms, self.skew_ms, self.retry_s, self.batch = block_ms, skew_ms, retry_after_s, count
         self._local = Hub()
         self._readers: dict[str, asyncio.Task] = {}

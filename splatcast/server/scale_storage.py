@@ -20,8 +20,9 @@ two GOPs). The commit is the publication: a frame is in the live stream iff it i
 
 Offsets are those of the sequence's virtual ``.splatcast`` stream (header, frames, end), as in
 ``SqliteStorage``, so ``read`` serves the stream, the GOPs and the subscribers alike by mapping
-ranges onto objects. Redis unreachable: ``Unavailable`` (503), except for finished sequences,
-served from their manifest.
+ranges onto objects; frames of the open GOP come from the live stream itself (``XRANGE`` of
+their entry ids, kept in ``splatcast:entries:<id>``): the late join path. Redis unreachable:
+``Unavailable`` (503), except for finished sequences, served from their manifest.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ redis.call('HINCRBY', KEYS[1], 'raw_bytes', ARGV[8])
 redis.call('HINCRBYFLOAT', KEYS[1], 'encode_ms', ARGV[9])
 local id = redis.call('XADD', KEYS[4], '*', 'kind', 'frame', 'index', ARGV[2], 'type', ARGV[4],
                       'at', ARGV[6], 'msg', ARGV[5])
+redis.call('RPUSH', KEYS[6], id)
 if ARGV[4] == 'keyframe' then
   redis.call('RPUSH', KEYS[3], ARGV[2])
   local prev = redis.call('HGET', KEYS[1], 'key_entry')
@@ -86,7 +88,7 @@ class LeaseLost(Unavailable):
 
 def keys(seq_id: str) -> dict[str, str]:
     """Redis keys of one sequence."""
-    return {k: f"{PREFIX}{k}:{seq_id}" for k in ("seq", "frames", "keys", "live", "lease", "epoch")}
+    return {k: f"{PREFIX}{k}:{seq_id}" for k in ("seq", "frames", "keys", "live", "lease", "epoch", "entries")}
 
 
 def _seg(seq_id: str, name: str) -> str:
@@ -107,7 +109,7 @@ class ScaleStorage:
 
     def __init__(self, redis_url: str, bucket: Bucket, timeout_s: float, retry_after_s: float) -> None:
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          health_check_interval=10)
+                                          health_check_interval=10, protocol=2)
         self.bucket = bucket
         self.retry_after_s = retry_after_s
         self._append = self.redis.register_script(_APPEND)
@@ -209,7 +211,7 @@ class ScaleStorage:
         existed = self.get(seq_id) is not None
         with self._redis(f"deleting {seq_id}"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(k["seq"], k["frames"], k["keys"], k["lease"])
+            pipe.delete(k["seq"], k["frames"], k["keys"], k["lease"], k["entries"])
             pipe.srem(f"{PREFIX}ids", seq_id)
             pipe.execute()
         self.bucket.delete_prefix(f"{seq_id}/")
@@ -244,7 +246,7 @@ class ScaleStorage:
         row = json.dumps({**asdict(record), "obj": obj})
         k = keys(seq_id)
         with self._redis(f"committing frame {record.index} of {seq_id}"):
-            status = self._append(keys=[k["seq"], k["frames"], k["keys"], k["live"], k["lease"]],
+            status = self._append(keys=[k["seq"], k["frames"], k["keys"], k["live"], k["lease"], k["entries"]],
                                   args=[fence or "", record.index, row, record.frame_type, message,
                                         repr(record.received_at), len(message), record.raw_bytes,
                                         repr(record.encode_ms), len(header) if header is not None else "",
@@ -357,24 +359,41 @@ class ScaleStorage:
             return bool(self.redis.exists(keys(seq_id)["seq"]))
 
     def read(self, seq_id: str, offset: int, length: int) -> bytes:
+        """Bytes of the virtual stream: frames of the open GOP from the live stream (one ``XRANGE``,
+        the late join path; their S3 objects when trimmed away or Redis fails), the rest from S3."""
         segments = self._segments(seq_id)
         starts = [s[0] for s in segments]
-        out, pos, stop = [], offset, offset + length
+        pieces: builtins.list[tuple[tuple[int, int, str, str], int, int]] = []
+        pos, stop = offset, offset + length
         i = max(0, bisect.bisect_right(starts, offset) - 1)
         while pos < stop and i < len(segments):
-            seg_start, seg_len, key = segments[i]
-            if pos < seg_start + seg_len:
-                take = min(stop, seg_start + seg_len) - pos
-                out.append(self._get(key, pos - seg_start, take))
+            seg = segments[i]
+            if pos < seg[0] + seg[1]:
+                take = min(stop, seg[0] + seg[1]) - pos
+                pieces.append((seg, pos - seg[0], take))
                 pos += take
             i += 1
+        entries = [seg[3] for seg, _, _ in pieces if seg[3]]
+        live = self._live_messages(seq_id, entries[0], entries[-1]) if entries else {}
+        out = []
+        for (_, seg_len, key, entry), rel, take in pieces:
+            msg = live.get(entry)
+            out.append(msg[rel:rel + take] if msg is not None and len(msg) == seg_len else self._get(key, rel, take))
         data = b"".join(out)
         if len(data) != length:
             raise StorageError(f"the stream of {seq_id} is shorter than its index ({offset}+{length})")
         return data
 
-    def _segments(self, seq_id: str) -> builtins.list[tuple[int, int, str]]:
-        """(offset, length, object key) of the objects making up the virtual stream, in order."""
+    def _live_messages(self, seq_id: str, first: str, last: str) -> dict[str, bytes]:
+        """Frame messages in the live stream between two entry ids ({} when Redis fails: S3 serves)."""
+        try:
+            found: Any = self.redis.xrange(keys(seq_id)["live"], first, last)
+        except redis.RedisError:
+            return {}
+        return {(e.decode() if isinstance(e, bytes) else str(e)): f[b"msg"] for e, f in found if b"msg" in f}
+
+    def _segments(self, seq_id: str) -> builtins.list[tuple[int, int, str, str]]:
+        """(offset, length, object key, live stream entry id or "") of the pieces of the virtual stream."""
         m = self._finished.get(seq_id)
         if m is None:
             info = self.get(seq_id)
@@ -383,21 +402,28 @@ class ScaleStorage:
             m = self._finished.get(seq_id)
         if m is not None:
             info = _info_of(m)
-            segs = [(0, info.header_bytes, _seg(seq_id, "header"))]
-            segs += [(g["offset"], g["bytes"], gop_key(seq_id, g["n"])) for g in m["gops"]]
+            segs = [(0, info.header_bytes, _seg(seq_id, "header"), "")]
+            segs += [(g["offset"], g["bytes"], gop_key(seq_id, g["n"]), "") for g in m["gops"]]
         else:
             assert info is not None
+            k = keys(seq_id)
             with self._redis(f"reading GOPs of {seq_id}"):
-                closed = int(self.redis.hget(keys(seq_id)["seq"], "gops_closed") or 0)
+                closed = int(self.redis.hget(k["seq"], "gops_closed") or 0)
             rows = self._rows(seq_id, 0, None)
             bounds = [*info.keyframes, info.frame_count]
-            segs = [(0, info.header_bytes, _seg(seq_id, "header"))]
+            segs = [(0, info.header_bytes, _seg(seq_id, "header"), "")]
             for n in range(closed):
                 gop = rows[bounds[n]:bounds[n + 1]]
-                segs.append((gop[0]["offset"], sum(r["length"] for r in gop), gop_key(seq_id, n)))
-            segs += [(r["offset"], r["length"], r["obj"]) for r in rows[bounds[closed] if closed else 0:]]
+                segs.append((gop[0]["offset"], sum(r["length"] for r in gop), gop_key(seq_id, n), ""))
+            first_pending = bounds[closed] if closed else 0
+            with self._redis(f"reading the live stream index of {seq_id}"):
+                ids = [e.decode() if isinstance(e, bytes) else str(e)
+                       for e in self.redis.lrange(k["entries"], first_pending, -1)]
+            pending = rows[first_pending:]
+            ids += [""] * (len(pending) - len(ids))
+            segs += [(r["offset"], r["length"], r["obj"], e) for r, e in zip(pending, ids)]
         if info.finished:
-            segs.append((info.header_bytes + info.frame_bytes, info.end_bytes, _seg(seq_id, "end")))
+            segs.append((info.header_bytes + info.frame_bytes, info.end_bytes, _seg(seq_id, "end"), ""))
         return segs
 
 
