@@ -238,3 +238,33 @@ def test_redis_restart_and_s3_outage_answer_503_then_recover(redis_server, s3_se
         assert info["frames"] == 5  # every acknowledged frame is there, once
         msgs = decode([httpx.get(f"{a.url}/v1/sequences/{sid}/stream.splatcast").content])
         assert [m.index for m in msgs if isinstance(m, FrameMessage)] == list(range(5))
+
+
+def test_tar_upload_and_finish_through_another_replica_are_encoded_by_the_lease_holder(redis_server, s3_server,
+                                                                                      loot_dir, tmp_path):
+    import io
+    import tarfile
+
+    bucket = f"t{uuid.uuid4().hex[:12]}"
+    plys = frames_of(loot_dir, 4)
+    settings = scale_settings(redis_server, s3_server, bucket, tmp_path)
+    with BackgroundServer(settings) as a, BackgroundServer(settings) as b:
+        sid = httpx.post(f"{a.url}/v1/sequences", json={"name": "tar", "fps": 30}).json()["id"]
+        assert httpx.put(f"{a.url}/v1/sequences/{sid}/frames/0", content=plys[0], timeout=60).status_code == 201
+        # a refusal of the holder is passed on with its status and message
+        r = httpx.put(f"{b.url}/v1/sequences/{sid}/frames/1", content=b"not a ply", timeout=60)
+        assert r.status_code == 400 and "bad PLY" in r.json()["detail"], r.text
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i, body in enumerate(plys[1:], 1):
+                member = tarfile.TarInfo(f"frame_{i}.ply")
+                member.size = len(body)
+                tar.addfile(member, io.BytesIO(body))
+        r = httpx.post(f"{b.url}/v1/sequences/{sid}/frames?finish=true", content=buf.getvalue(),
+                       headers={"content-type": "application/x-tar"}, timeout=120)
+        assert r.status_code == 201, r.text
+        out = r.json()
+        assert [f["index"] for f in out["frames"]] == [1, 2, 3] and out["sequence"]["status"] == "finished"
+        assert all(f["frame_type"] != "keyframe" for f in out["frames"])  # A's encoder went on: one GOP
+        metrics = httpx.get(f"{b.url}/metrics").text
+        assert 'splatcast_frame_uploads_total{outcome="forwarded"} 4.0' in metrics

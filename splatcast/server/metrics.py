@@ -30,7 +30,8 @@ class Metrics:
         self.frames_encoded = Counter("splatcast_frames_encoded", "Frames encoded and stored, by frame type.",
                                       ["frame_type"], registry=r)
         self.frame_uploads = Counter("splatcast_frame_uploads", "Frame uploads by outcome: stored, retry (a stored "
-                                     "frame sent again), refused (4xx/5xx).", ["outcome"], registry=r)
+                                     "frame sent again), refused (4xx/5xx), forwarded (to the encoder "
+                                     "lease holder, scale-out).", ["outcome"], registry=r)
         self.parse_seconds = Histogram("splatcast_ply_parse_seconds", "Time to parse an uploaded PLY frame.",
                                        buckets=_LATENCY, registry=r)
         self.encode_seconds = Histogram("splatcast_encode_seconds", "Time to encode a frame, by frame type.",

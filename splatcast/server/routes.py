@@ -10,6 +10,7 @@ with its OpenAPI answers; bearer security appears only where a token is checked.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import tarfile
@@ -131,14 +132,61 @@ def list_frames(seq_id: str, seqs: Seqs) -> list[FrameOut]:
     return [FrameOut.of(r) for r in seqs.storage.frames(seq_id)]
 
 
-async def _forward(request: Request, error: NotHolder, body: bytes) -> Response | None:
-    """Scale-out: the lease holder's answer to this request, or None when the holder is unreachable
-    (the caller then takes the lease over). A request forwarded once is never forwarded again."""
+async def _forward(request: Request, error: NotHolder, body: bytes, path: str, method: str | None = None,
+                   content_type: str | None = None) -> Response | None:
+    """Scale-out: the lease holder's answer to ``method path`` with ``body`` (this request's method
+    and content type by default), or None when the holder is unreachable (the caller then takes
+    the lease over). A request forwarded once is never forwarded again."""
     forwarder: Forwarder | None = request.app.state.forwarder
     if forwarder is None or request.headers.get(FORWARDED):
         raise error
-    return await forwarder.send(error.holder, request.method, request.url.path, body,
-                                request.headers.get("authorization"), request.headers.get("content-type"))
+    return await forwarder.send(error.holder, method or request.method, path, body,
+                                request.headers.get("authorization"),
+                                content_type or request.headers.get("content-type"))
+
+
+class Refused(ServerError):
+    """A refusal of the replica an upload was forwarded to, passed on with its status and message."""
+
+    def __init__(self, message: str, status: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.headers = status, headers
+
+
+def _passed_on(answer: Response) -> Refused:
+    try:
+        detail = json.loads(bytes(answer.body))["detail"]
+    except (ValueError, KeyError, TypeError):
+        detail = f"the encoding replica answered {answer.status_code}"
+    retry = answer.headers.get("retry-after")
+    return Refused(str(detail), answer.status_code, {"Retry-After": retry} if retry else None)
+
+
+async def _put_member(request: Request, seqs: Sequences, seq_id: str, index: int, body: bytes) -> FrameOut:
+    """One frame of a tar upload, stored here or on the encoder lease holder (as a PUT of that frame)."""
+    try:
+        return FrameOut.of((await seqs.put_frame(seq_id, index, body)).record)
+    except NotHolder as e:
+        answer = await _forward(request, e, body, f"/v1/sequences/{seq_id}/frames/{index}", "PUT",
+                                "application/octet-stream")
+        if answer is None:
+            return FrameOut.of((await seqs.put_frame(seq_id, index, body, takeover=True)).record)
+        if answer.status_code >= 300:
+            raise _passed_on(answer) from None
+        return FrameOut.model_validate_json(bytes(answer.body))
+
+
+async def _finish(request: Request, seqs: Sequences, seq_id: str) -> SequenceOut:
+    """Finish here, or on the encoder lease holder (its answer passed on)."""
+    try:
+        return _out(seqs, await seqs.finish(seq_id))
+    except NotHolder as e:
+        answer = await _forward(request, e, b"", f"/v1/sequences/{seq_id}/finish", "POST")
+        if answer is None:
+            return _out(seqs, await seqs.finish(seq_id, takeover=True))
+        if answer.status_code >= 300:
+            raise _passed_on(answer) from None
+        return SequenceOut.model_validate_json(bytes(answer.body))
 
 
 async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request: Request, response: Response,
@@ -157,7 +205,7 @@ async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request
     try:
         result = await seqs.put_frame(seq_id, index, body)  # hashed off the event loop there
     except NotHolder as e:
-        answer = await _forward(request, e, bytes(body))
+        answer = await _forward(request, e, bytes(body), request.url.path)
         if answer is not None:
             return answer
         result = await seqs.put_frame(seq_id, index, body, takeover=True)
@@ -182,20 +230,17 @@ async def upload_tar(seq_id: str, request: Request, seqs: Seqs, settings: Config
                 if member.size > settings.max_upload_bytes:
                     raise TooLarge(f"{member.size} bytes over the limit of {settings.max_upload_bytes}")
                 body = await asyncio.to_thread(_member_bytes, spool, member)
-                frames.append(FrameOut.of((await seqs.put_frame(seq_id, start + i, body)).record))
+                frames.append(await _put_member(request, seqs, seq_id, start + i, body))
             except ServerError as e:
-                raise type(e)(f"{member.name}: {e} ({len(frames)} frames stored before it)") from None
-    info = await seqs.finish(seq_id) if finish else await asyncio.to_thread(seqs.get, seq_id)
-    return BatchOut(frames=frames, sequence=_out(seqs, info))
+                e.args = (f"{member.name}: {e} ({len(frames)} frames stored before it)",)
+                raise e from None
+    out = await _finish(request, seqs, seq_id) if finish else _out(seqs, await asyncio.to_thread(seqs.get, seq_id))
+    return BatchOut(frames=frames, sequence=out)
 
 
-async def finish_sequence(seq_id: str, request: Request, seqs: Seqs) -> Any:
+async def finish_sequence(seq_id: str, request: Request, seqs: Seqs) -> SequenceOut:
     """Write the end message; subscribers get it and close. Finishing twice is harmless."""
-    try:
-        return _out(seqs, await seqs.finish(seq_id))
-    except NotHolder as e:
-        answer = await _forward(request, e, b"")
-        return answer if answer is not None else _out(seqs, await seqs.finish(seq_id, takeover=True))
+    return await _finish(request, seqs, seq_id)
 
 
 async def delete_sequence(seq_id: str, seqs: Seqs) -> Response:

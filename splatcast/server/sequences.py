@@ -146,6 +146,9 @@ class Sequences:
         self.metrics.encode_pending.inc()
         try:
             ingested = await self._put_frame(seq_id, index, body, takeover)
+        except NotHolder:
+            self.metrics.frame_uploads.labels("forwarded").inc()
+            raise
         except Exception:
             self.metrics.frame_uploads.labels("refused").inc()
             raise
