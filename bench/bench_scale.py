@@ -98,8 +98,9 @@ async def cross_latency(up_url: str, watch_url: str, plys: list[bytes], fps: flo
 
 
 async def fanout(up_url: str, watch_urls: list[str], n: int, plys: list[bytes], fps: float,
-                 late_ms: float) -> tuple[int, int, float]:
-    """n raw subscribers on each of watch_urls during a live upload; (subscribers, kept up, spread p99 ms)."""
+                 late_ms: float) -> tuple[int, list[int], float, list[int]]:
+    """n raw subscribers on each of watch_urls during a live upload; (subscribers, kept up per URL,
+    spread p99 ms, the frames some subscriber got over late_ms after the first)."""
     async with SplatcastClient(up_url) as client:
         sid = (await client.create(f"fan-{n}", fps)).id
 
@@ -109,20 +110,23 @@ async def fanout(up_url: str, watch_urls: list[str], n: int, plys: list[bytes], 
                 return [time.perf_counter() async for _ in conn][1:-1]
 
         subs = [asyncio.create_task(one(u)) for u in watch_urls for _ in range(n)]
+        where = [u for u in watch_urls for _ in range(n)]
         async with httpx.AsyncClient() as http:
             for url in watch_urls:
                 while (await http.get(f"{url}/v1/sequences/{sid}")).json()["subscribers"] < n:
                     await asyncio.sleep(0.1)
         await client.upload_frames(sid, plys, fps=fps)
         await client.finish(sid)
-        arrivals = [a for a in await asyncio.gather(*subs, return_exceptions=True) if isinstance(a, list)]
-    complete = [a for a in arrivals if len(a) == len(plys)]
+        results = await asyncio.gather(*subs, return_exceptions=True)
+    complete = [(u, a) for u, a in zip(where, results) if isinstance(a, list) and len(a) == len(plys)]
     if not complete:
-        return len(subs), 0, float("inf")
-    first = [min(a[i] for a in complete) for i in range(len(plys))]
-    worst = [max((t - first[i]) * 1000 for i, t in enumerate(a)) for a in complete]
-    spreads = [(t - first[i]) * 1000 for a in complete for i, t in enumerate(a)]
-    return len(subs), sum(w <= late_ms for w in worst), percentile(spreads, 0.99)
+        return len(subs), [0] * len(watch_urls), float("inf"), []
+    first = [min(a[i] for _, a in complete) for i in range(len(plys))]
+    worst = [(u, max((t - first[i]) * 1000 for i, t in enumerate(a))) for u, a in complete]
+    spreads = [(t - first[i]) * 1000 for _, a in complete for i, t in enumerate(a)]
+    kept = [sum(w <= late_ms for v, w in worst if v == u) for u in watch_urls]
+    late = sorted({i for _, a in complete for i, t in enumerate(a) if (t - first[i]) * 1000 > late_ms})
+    return len(subs), kept, percentile(spreads, 0.99), late
 
 
 def takeover(env: dict[str, str], plys: list[bytes]) -> float:
@@ -155,6 +159,7 @@ def main() -> None:
     ap.add_argument("--late-ms", type=float, default=100.0)
     ap.add_argument("--takeovers", type=int, default=3)
     ap.add_argument("--lease-s", type=float, default=3.0)
+    ap.add_argument("--fanout-only", action="store_true", help="skip the latency runs and the single node")
     args = ap.parse_args()
     if not (SHARED / "data/loot_depth7.npz").exists():
         sys.exit(f"shared data missing: {SHARED} (set SPLATCAST_SHARED)")
@@ -170,25 +175,32 @@ def main() -> None:
             single, url = serve({"SPLATCAST_DATA_DIR": str(tmp / "single")})
             try:
                 print("\n== upload-to-decode latency, loot live at 30 fps, one decoding subscriber")
-                lat = asyncio.run(cross_latency(url, url, plys, 30))
-                print(f"single node (SQLite + files)          : {summary(lat)}")
                 counts = list(map(int, args.subscribers.split(",")))
-                fan_single = {n: asyncio.run(fanout(url, [url], 2 * n, plys, 30, args.late_ms)) for n in counts}
+                fan_single = {}
+                if not args.fanout_only:
+                    lat = asyncio.run(cross_latency(url, url, plys, 30))
+                    print(f"single node (SQLite + files)          : {summary(lat)}")
+                    fan_single = {n: asyncio.run(fanout(url, [url], 2 * n, plys, 30, args.late_ms)) for n in counts}
             finally:
                 stop(single)
             (pa, a), (pb, b) = serve(scale_env), serve(scale_env)
             try:
                 asyncio.run(cross_latency(a, b, plys[:5], 30))  # warm-up: bucket, connections, first encodes
-                print(f"two replicas, upload A, subscriber A  : {summary(asyncio.run(cross_latency(a, a, plys, 30)))}")
-                print(f"two replicas, upload A, subscriber B  : {summary(asyncio.run(cross_latency(a, b, plys, 30)))}")
+                if not args.fanout_only:
+                    print(f"two replicas, upload A, subscriber A  : "
+                          f"{summary(asyncio.run(cross_latency(a, a, plys, 30)))}")
+                    print(f"two replicas, upload A, subscriber B  : "
+                          f"{summary(asyncio.run(cross_latency(a, b, plys, 30)))}")
                 print(f"\n== live fan-out, loot at 30 fps: kept up = every frame, <= {args.late_ms:g} ms after the "
                       "first subscriber")
                 for n in counts:
-                    total, kept, p99 = fan_single[n]
-                    print(f"single node, {total:>3} subscribers          : {kept:>3} kept up, spread p99 {p99:.0f} ms")
-                    total, kept, p99 = asyncio.run(fanout(a, [a, b], n, plys, 30, args.late_ms))
-                    print(f"two replicas, {n:>3} + {n:>3} subscribers : {kept:>3} kept up, spread p99 {p99:.0f} ms",
-                          flush=True)
+                    if n in fan_single:
+                        total, kept, p99, late = fan_single[n]
+                        print(f"single node, {total:>3} subscribers          : {sum(kept):>3} kept up, spread p99 "
+                              f"{p99:.0f} ms; late frames {late}")
+                    total, kept, p99, late = asyncio.run(fanout(a, [a, b], n, plys, 30, args.late_ms))
+                    print(f"two replicas, {n:>3} + {n:>3} subscribers : {sum(kept):>3} kept up ({kept[0]} on A, "
+                          f"{kept[1]} on B), spread p99 {p99:.0f} ms; late frames {late}", flush=True)
             finally:
                 stop(pa, pb)
             print(f"\n== takeover after kill -9 of the encoding replica (lease {args.lease_s:g} s)")

@@ -78,6 +78,7 @@ redis.call('XADD', KEYS[3], '*', 'kind', 'end', 'msg', ARGV[3])
 return 0
 """
 
+_SMALL_CACHE = 4096  # header and end messages kept in memory
 _INFO_FIELDS = ("name", "fps", "codec", "created_at", "finished", "sh_degree", "header_bytes", "end_bytes",
                 "frame_count", "frame_bytes", "raw_bytes", "encode_ms", "gops_closed")
 
@@ -115,6 +116,7 @@ class ScaleStorage:
         self._append = self.redis.register_script(_APPEND)
         self._finish = self.redis.register_script(_FINISH)
         self._finished: dict[str, dict] = {}  # manifests of finished sequences (immutable), by id
+        self._small: dict[str, bytes] = {}  # header and end objects (immutable, tiny), by key
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -217,6 +219,8 @@ class ScaleStorage:
         self.bucket.delete_prefix(f"{seq_id}/")
         with self._lock:
             self._finished.pop(seq_id, None)
+            for key in [k for k in self._small if k.startswith(f"{seq_id}/")]:
+                del self._small[key]
         return existed
 
     def tell_deleted(self, seq_id: str, message: bytes) -> None:
@@ -294,7 +298,22 @@ class ScaleStorage:
         self._write_manifest(seq_id)
         self.bucket.delete(done)
 
-    def _get(self, key: str, start: int | None = None, length: int | None = None) -> bytes:
+    def _get(self, key: str, start: int | None = None, length: int | None = None, tag: str = "") -> bytes:
+        """Bytes of an object; header and end objects (every subscriber's first and last message) are
+        cached under ``key`` + ``tag`` (the sequence's creation time: an id deleted and created again
+        on another replica gets new entries)."""
+        if tag and key.endswith(("/header", "/end")):
+            whole = self._small.get(key + tag)
+            if whole is None:
+                whole = self._get_object(key)
+                with self._lock:
+                    if len(self._small) >= _SMALL_CACHE:
+                        self._small.pop(next(iter(self._small)))
+                    self._small[key + tag] = whole
+            return whole if start is None or length is None else whole[start:start + length]
+        return self._get_object(key, start, length)
+
+    def _get_object(self, key: str, start: int | None = None, length: int | None = None) -> bytes:
         data = self.bucket.get(key, start, length)
         if data is None:
             raise StorageError(f"object {key} is missing")
@@ -361,7 +380,7 @@ class ScaleStorage:
     def read(self, seq_id: str, offset: int, length: int) -> bytes:
         """Bytes of the virtual stream: frames of the open GOP from the live stream (one ``XRANGE``,
         the late join path; their S3 objects when trimmed away or Redis fails), the rest from S3."""
-        segments = self._segments(seq_id)
+        segments, tag = self._segments(seq_id)
         starts = [s[0] for s in segments]
         pieces: builtins.list[tuple[tuple[int, int, str, str], int, int]] = []
         pos, stop = offset, offset + length
@@ -378,7 +397,8 @@ class ScaleStorage:
         out = []
         for (_, seg_len, key, entry), rel, take in pieces:
             msg = live.get(entry)
-            out.append(msg[rel:rel + take] if msg is not None and len(msg) == seg_len else self._get(key, rel, take))
+            out.append(msg[rel:rel + take] if msg is not None and len(msg) == seg_len
+                       else self._get(key, rel, take, tag))
         data = b"".join(out)
         if len(data) != length:
             raise StorageError(f"the stream of {seq_id} is shorter than its index ({offset}+{length})")
@@ -392,8 +412,9 @@ class ScaleStorage:
             return {}
         return {(e.decode() if isinstance(e, bytes) else str(e)): f[b"msg"] for e, f in found if b"msg" in f}
 
-    def _segments(self, seq_id: str) -> builtins.list[tuple[int, int, str, str]]:
-        """(offset, length, object key, live stream entry id or "") of the pieces of the virtual stream."""
+    def _segments(self, seq_id: str) -> tuple[builtins.list[tuple[int, int, str, str]], str]:
+        """(offset, length, object key, live stream entry id or "") of the pieces of the virtual stream,
+        and the sequence's creation time as a cache tag."""
         m = self._finished.get(seq_id)
         if m is None:
             info = self.get(seq_id)
@@ -424,7 +445,7 @@ class ScaleStorage:
             segs += [(r["offset"], r["length"], r["obj"], e) for r, e in zip(pending, ids)]
         if info.finished:
             segs.append((info.header_bytes + info.frame_bytes, info.end_bytes, _seg(seq_id, "end"), ""))
-        return segs
+        return segs, f"@{info.created_at!r}"
 
 
 def _info_of(manifest: dict) -> SequenceInfo:
