@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +57,14 @@ async def collect(url: str, out: list[bytes], started: asyncio.Event | None = No
 
 def ws_url(base: str, seq_id: str, query: str = "") -> str:
     return base.replace("http://", "ws://") + f"/v1/sequences/{seq_id}/stream" + (f"?{query}" if query else "")
+
+
+def test_scale_out_needs_both_redis_and_s3():
+    with pytest.raises(ValueError, match="both"):
+        Settings(redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(ValueError, match="both"):
+        Settings(s3_url="http://127.0.0.1:1")
+    assert not Settings().scale_out
 
 
 def test_two_replicas_share_the_stream_forward_uploads_and_serve_from_s3_alone(redis_server, s3_server, loot_dir,
@@ -211,6 +220,10 @@ def test_redis_restart_and_s3_outage_answer_503_then_recover(redis_server, s3_se
         sid = httpx.post(f"{a.url}/v1/sequences", json={"name": "o", "fps": 30, "codec": {"gop": 30}}).json()["id"]
         put = lambda i: httpx.put(f"{a.url}/v1/sequences/{sid}/frames/{i}", content=plys[i], timeout=60)  # noqa: E731
         assert put(0).status_code == 201 and put(1).status_code == 201
+        watched: list[bytes] = []  # a subscriber across both outages: its replica's reader recovers by itself
+        watcher = threading.Thread(target=lambda: asyncio.run(collect(ws_url(a.url, sid), watched)), daemon=True)
+        watcher.start()
+        time.sleep(1)
         redis_server.stop()
         try:
             r = put(2)
@@ -236,8 +249,11 @@ def test_redis_restart_and_s3_outage_answer_503_then_recover(redis_server, s3_se
         assert httpx.post(f"{a.url}/v1/sequences/{sid}/finish").status_code == 200
         info = httpx.get(f"{a.url}/v1/sequences/{sid}").json()
         assert info["frames"] == 5  # every acknowledged frame is there, once
-        msgs = decode([httpx.get(f"{a.url}/v1/sequences/{sid}/stream.splatcast").content])
+        stream = httpx.get(f"{a.url}/v1/sequences/{sid}/stream.splatcast").content
+        msgs = decode([stream])
         assert [m.index for m in msgs if isinstance(m, FrameMessage)] == list(range(5))
+        watcher.join(30)
+        assert not watcher.is_alive() and b"".join(watched) == stream  # joined at frame 0, got all, then the end
 
 
 def test_tar_upload_and_finish_through_another_replica_are_encoded_by_the_lease_holder(redis_server, s3_server,

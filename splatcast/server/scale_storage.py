@@ -75,10 +75,12 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], 'finished')) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'finished', 1, 'end_bytes', ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'kind', 'end', 'msg', ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
 return 0
 """
 
 _SMALL_CACHE = 4096  # header and end messages kept in memory
+_FINISHED_STREAM_TTL_S = 300  # a finished sequence's live stream (its last GOPs) leaves Redis after this
 _INFO_FIELDS = ("name", "fps", "codec", "created_at", "finished", "sh_degree", "header_bytes", "end_bytes",
                 "frame_count", "frame_bytes", "raw_bytes", "encode_ms", "gops_closed")
 
@@ -352,8 +354,8 @@ class ScaleStorage:
         self.bucket.put_new(_seg(seq_id, "end"), end_message)
         k = keys(seq_id)
         with self._redis(f"finishing {seq_id}"):
-            status = self._finish(keys=[k["seq"], k["lease"], k["live"]], args=[fence or "", len(end_message),
-                                                                                 end_message])
+            status = self._finish(keys=[k["seq"], k["lease"], k["live"]],
+                                  args=[fence or "", len(end_message), end_message, _FINISHED_STREAM_TTL_S])
         if status == -1:
             raise LeaseLost(f"the encoder lease of {seq_id} was lost before it was finished", self.retry_after_s)
         if status == -3:
