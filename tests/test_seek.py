@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import websockets
 
+from splatcast.client.api import SyncSplatcastClient
 from splatcast.protocol import FrameMessage, StreamDecoder, StreamHeader
 from splatcast.server import BackgroundServer, Settings
 
@@ -57,3 +58,7 @@ def test_seek_and_gop_segments_single_node(loot_dir, tmp_path):
         r = httpx.get(f"{srv.url}/v1/sequences/{sid}/gops/1", headers={"Range": f"bytes={size}-"})
         assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{size}"
         assert httpx.get(f"{srv.url}/v1/sequences/{sid}/gops/3").status_code == 404
+
+        with SyncSplatcastClient(srv.url) as client:  # the Python client seeks too, decoding from the keyframe
+            frames = list(client.subscribe(sid, from_index=4))
+        assert [f.index for f in frames] == [3, 4, 5, 6] and frames[0].frame_type == "keyframe"

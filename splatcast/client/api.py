@@ -350,9 +350,12 @@ class SplatcastClient:
         """The ``.splatcast`` stream stored so far. Raises ``ServerRefused`` or ``ConnectionFailed``."""
         return (await self._request("GET", f"/v1/sequences/{seq_id}/stream.splatcast")).content
 
-    async def messages(self, seq_id: str, from_start: bool = False,
-                       realtime: bool = False) -> AsyncIterator[tuple[Message, int, float]]:
+    async def messages(self, seq_id: str, from_start: bool = False, realtime: bool = False,
+                       from_index: int | None = None) -> AsyncIterator[tuple[Message, int, float]]:
         """Yield ``(message, nbytes, arrived_at)`` for every message of the WebSocket stream.
+
+        ``from_index`` seeks: the stream starts at the keyframe at or before that frame (it
+        overrides ``from_start``; a subscriber that lost its server resumes with the next index).
 
         Ends after the end message. Raises ``StreamError`` for an error message or a close
         without the end message, ``ServerRefused`` when the server refuses the connection
@@ -360,7 +363,9 @@ class SplatcastClient:
         the handshake fails otherwise (no server, ``open_timeout``), ``ProtocolError`` for bytes
         that break the protocol.
         """
-        query = "&".join(q for q, on in (("from=start", from_start), ("pace=realtime", realtime)) if on)
+        start = f"from={from_index}" if from_index is not None else "from=start"
+        query = "&".join(q for q, on in ((start, from_start or from_index is not None),
+                                         ("pace=realtime", realtime)) if on)
         url = re.sub(r"^http", "ws", self.base_url) + f"/v1/sequences/{seq_id}/stream" + (f"?{query}" if query else "")
         decoder = StreamDecoder(self.limits)
         try:
@@ -389,12 +394,12 @@ class SplatcastClient:
         raise StreamError("the stream closed before its end message", url)
 
     async def subscribe(self, seq_id: str, from_start: bool = False, realtime: bool = False,
-                        device: str = "cpu") -> AsyncIterator[ReceivedFrame]:
+                        device: str = "cpu", from_index: int | None = None) -> AsyncIterator[ReceivedFrame]:
         """Yield every frame of the stream decoded on arrival (decoding runs in a worker thread).
 
-        Starts at the latest keyframe, or at frame 0 with ``from_start``; ``realtime`` asks the
-        server to pace the replay at the sequence's fps. Errors as in ``messages``; a frame the
-        codec cannot decode raises ``CodecError``.
+        Starts at the latest keyframe, at frame 0 with ``from_start``, or at the keyframe at or
+        before ``from_index``; ``realtime`` asks the server to pace the replay at the sequence's
+        fps. Errors as in ``messages``; a frame the codec cannot decode raises ``CodecError``.
         """
         decoder = FrameDecoder(device=device)
 
@@ -404,7 +409,7 @@ class SplatcastClient:
             t1 = time.perf_counter()
             return frame, (t1 - t0) * 1000, t1
 
-        async for msg, nbytes, arrived_at in self.messages(seq_id, from_start, realtime):
+        async for msg, nbytes, arrived_at in self.messages(seq_id, from_start, realtime, from_index):
             if isinstance(msg, FrameMessage):
                 frame, decode_ms, decoded_at = await asyncio.to_thread(decode, msg)
                 yield ReceivedFrame(index=msg.index, frame_type=msg.frame_type, num_gaussians=msg.num_gaussians,
@@ -505,15 +510,15 @@ class SyncSplatcastClient:
         """The ``.splatcast`` stream stored so far; see ``SplatcastClient.download``."""
         return self._run(self._client.download(seq_id))
 
-    def messages(self, seq_id: str, from_start: bool = False,
-                 realtime: bool = False) -> Iterator[tuple[Message, int, float]]:
+    def messages(self, seq_id: str, from_start: bool = False, realtime: bool = False,
+                 from_index: int | None = None) -> Iterator[tuple[Message, int, float]]:
         """Iterate ``(message, nbytes, arrived_at)`` of the stream; see ``SplatcastClient.messages``."""
-        return self._iterate(self._client.messages(seq_id, from_start, realtime))
+        return self._iterate(self._client.messages(seq_id, from_start, realtime, from_index))
 
     def subscribe(self, seq_id: str, from_start: bool = False, realtime: bool = False,
-                  device: str = "cpu") -> Iterator[ReceivedFrame]:
+                  device: str = "cpu", from_index: int | None = None) -> Iterator[ReceivedFrame]:
         """Iterate the stream's frames decoded on arrival; see ``SplatcastClient.subscribe``."""
-        return self._iterate(self._client.subscribe(seq_id, from_start, realtime, device))
+        return self._iterate(self._client.subscribe(seq_id, from_start, realtime, device, from_index))
 
     def _iterate(self, agen) -> Iterator:
         try:
