@@ -23,6 +23,7 @@ import websockets
 
 from splatcast.protocol import FrameMessage, StreamDecoder, StreamHeader
 from splatcast.server import BackgroundServer, Settings
+from splatcast.server.errors import StorageError
 from splatcast.server.scale_storage import PREFIX
 
 pytestmark = pytest.mark.timeout(240)
@@ -284,3 +285,38 @@ def test_tar_upload_and_finish_through_another_replica_are_encoded_by_the_lease_
         assert all(f["frame_type"] != "keyframe" for f in out["frames"])  # A's encoder went on: one GOP
         metrics = httpx.get(f"{b.url}/metrics").text
         assert 'splatcast_frame_uploads_total{outcome="forwarded"} 4.0' in metrics
+
+
+def test_a_fenced_off_holder_cannot_commit(redis_server, s3_server, tmp_path):
+    """The lease epoch fences commits: a holder whose lease was taken over gets LeaseLost and its
+    frame enters neither the index nor the live stream; the new holder's frame does, once."""
+    from splatcast.server.lease import Leases
+    from splatcast.server.objects import Bucket
+    from splatcast.server.scale_storage import LeaseLost, ScaleStorage, keys
+    from splatcast.server.storage import FrameRecord, SequenceInfo
+
+    bucket = Bucket(s3_server.url, f"t{uuid.uuid4().hex[:12]}", "us-east-1", 2, 1)
+    store = ScaleStorage(redis_server.url, bucket, 2, 1)
+    sid = f"fence-{uuid.uuid4().hex[:6]}"
+    store.create(SequenceInfo(id=sid, name="f", fps=30, codec={}, created_at=time.time()))
+    old, new = Leases(store.redis, "http://old", 30, 1), Leases(store.redis, "http://new", 30, 1)
+    first = old.acquire(sid)
+    assert first.mine and first.new and not new.acquire(sid).mine
+    store.redis.delete(keys(sid)["lease"])  # the old holder stalls past its lease...
+    second = new.acquire(sid)  # ...and is taken over, with a larger epoch
+    assert second.mine and int(second.value.split("|")[0]) > int(first.value.split("|")[0])
+
+    def record() -> FrameRecord:
+        return FrameRecord(index=0, frame_type="keyframe", num_gaussians=1, raw_bytes=1, sha256="0", encode_ms=1,
+                           received_at=time.time())
+
+    with pytest.raises(LeaseLost):
+        store.append(sid, record(), b"stale", header=b"H", sh_degree=0, fence=old.value(sid))
+    assert store.frames(sid) == [] and store.redis.xlen(keys(sid)["live"]) == 0
+    store.append(sid, record(), b"fresh", header=b"H", sh_degree=0, fence=new.value(sid))
+    (row,) = store.frames(sid)
+    assert store.read(sid, row.offset, row.length) == b"fresh" and store.redis.xlen(keys(sid)["live"]) == 1
+    with pytest.raises(StorageError):  # frame 0 again, even with the valid lease: never encoded twice
+        store.append(sid, record(), b"again", fence=new.value(sid))
+    store.delete(sid)
+    store.close()

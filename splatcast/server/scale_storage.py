@@ -3,9 +3,10 @@
 Objects of sequence ``<id>`` in the bucket (docs/SCALEOUT.md):
 
 - ``<id>/header``: the stream header message; ``<id>/end``: the end message, once finished;
-- ``<id>/pending/<index:08d>.<epoch>``: one frame message of the open GOP, written with
-  ``If-None-Match: *`` before the frame is acknowledged; the encoder lease's epoch in its name
-  keeps a fenced-off holder from ever overwriting the winner's object;
+- ``<id>/pending/<index:08d>.<epoch>.<nonce>``: one frame message of the open GOP, written with
+  ``If-None-Match: *`` before the frame is acknowledged; the encoder lease's epoch and a nonce
+  in its name keep any other attempt (a fenced-off holder, a retry) from overwriting it; the
+  index row names the object of the attempt that committed;
 - ``<id>/gops/<n:06d>``: GOP ``n`` (frames from its keyframe to the next one) once it is closed,
   all its messages concatenated, immutable (``If-None-Match: *``); the pending objects go then;
 - ``<id>/manifest.json``: the sequence's info, the frame index and the GOP table (first frame,
@@ -31,6 +32,7 @@ import bisect
 import builtins
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -245,8 +247,9 @@ class ScaleStorage:
         epoch = fence.split("|", 1)[0] if fence else "0"
         if header is not None:
             self.bucket.put_new(_seg(seq_id, "header"), header)  # same bytes whoever writes it first
-        obj = _seg(seq_id, f"pending/{record.index:08d}.{epoch}")
-        self.bucket.put_new(obj, message)  # durable before it is acknowledged
+        obj = _seg(seq_id, f"pending/{record.index:08d}.{epoch}.{secrets.token_hex(4)}")  # one key per attempt
+        if not self.bucket.put_new(obj, message):  # durable before it is acknowledged
+            raise StorageError(f"object {obj} already exists")
         record.offset = (len(header) if header is not None else info.header_bytes) + info.frame_bytes
         record.length = len(message)
         row = json.dumps({**asdict(record), "obj": obj})
