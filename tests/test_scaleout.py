@@ -119,7 +119,17 @@ def test_two_replicas_share_the_stream_forward_uploads_and_serve_from_s3_alone(r
         assert part.status_code == 206 and part.content == gop1.content[10:100]
         assert part.headers["content-range"] == f"bytes 10-99/{len(gop1.content)}"
 
-        # the GOP objects and the manifest are in S3: drop the sequence from Redis, read from S3 alone
+        # S3 holds one immutable object per GOP and the manifest with the GOP table and frame index
+        import json
+
+        from splatcast.server.objects import Bucket
+        store = Bucket(s3_server.url, bucket, "us-east-1", 2, 1)
+        manifest = json.loads(store.get(f"{sid}/manifest.json") or b"{}")
+        assert manifest["info"]["finished"] and len(manifest["frames"]) == 10
+        assert [(g["first"], g["count"]) for g in manifest["gops"]] == [(0, 4), (4, 4), (8, 2)]
+        assert store.get(f"{sid}/gops/000001") == gop1.content
+        assert manifest["gops"][1]["offsets"] == offsets
+        # drop the sequence from Redis: a fresh replica serves it from S3 alone
         r = redis.Redis.from_url(redis_server.url)
         r.delete(*(f"{PREFIX}{k}:{sid}" for k in ("seq", "frames", "keys", "live", "lease")))
     with BackgroundServer(settings) as fresh:

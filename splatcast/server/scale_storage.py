@@ -93,7 +93,8 @@ class LeaseLost(Unavailable):
 
 def keys(seq_id: str) -> dict[str, str]:
     """Redis keys of one sequence."""
-    return {k: f"{PREFIX}{k}:{seq_id}" for k in ("seq", "frames", "keys", "live", "lease", "epoch", "entries")}
+    return {k: f"{PREFIX}{k}:{seq_id}"
+            for k in ("seq", "frames", "keys", "live", "lease", "epoch", "entries", "gops")}
 
 
 def _seg(seq_id: str, name: str) -> str:
@@ -217,7 +218,7 @@ class ScaleStorage:
         existed = self.get(seq_id) is not None
         with self._redis(f"deleting {seq_id}"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(k["seq"], k["frames"], k["keys"], k["lease"], k["entries"])
+            pipe.delete(k["seq"], k["frames"], k["keys"], k["lease"], k["entries"], k["gops"])
             pipe.srem(f"{PREFIX}ids", seq_id)
             pipe.execute()
         self.bucket.delete_prefix(f"{seq_id}/")
@@ -293,15 +294,31 @@ class ScaleStorage:
             return
         rows = self._rows(seq_id, bounds[closed], bounds[last])
         done: list[str] = []
+        table = []
         for n in range(closed, last):
             gop = [r for r in rows if bounds[n] <= r["index"] < bounds[n + 1]]
             data = b"".join(self._get(r["obj"]) for r in gop)
             self.bucket.put_new(gop_key(seq_id, n), data)  # False: written before a crash, same bytes
             done += [r["obj"] for r in gop]
+            table.append(json.dumps({"n": n, "first": bounds[n], "count": len(gop), "offset": gop[0]["offset"],
+                                     "bytes": len(data), "offsets": [r["offset"] - gop[0]["offset"] for r in gop]}))
         with self._redis(f"recording GOPs of {seq_id}"):
-            self.redis.hset(k["seq"], "gops_closed", last)
+            pipe = self.redis.pipeline(transaction=True)  # the GOP table and its length together
+            pipe.rpush(k["gops"], *table)
+            pipe.hset(k["seq"], "gops_closed", last)
+            pipe.execute()
         self._write_manifest(seq_id)
         self.bucket.delete(done)
+
+    def _gop_table(self, seq_id: str) -> tuple[int, builtins.list[dict]]:
+        """(GOPs closed, their table rows) from Redis."""
+        k = keys(seq_id)
+        with self._redis(f"reading GOPs of {seq_id}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(k["seq"], "gops_closed")
+            pipe.lrange(k["gops"], 0, -1)
+            closed, table = pipe.execute()
+        return int(closed or 0), [json.loads(t) for t in table[:int(closed or 0)]]
 
     def _get(self, key: str, start: int | None = None, length: int | None = None, tag: str = "") -> bytes:
         """Bytes of an object; header and end objects (every subscriber's first and last message) are
@@ -330,20 +347,13 @@ class ScaleStorage:
         return [json.loads(r) for r in raw]
 
     def _write_manifest(self, seq_id: str) -> None:
+        """The manifest: info and GOP table while live (O(GOPs)), plus the whole frame index once
+        finished (written once: what a replica needs to serve the sequence from S3 alone)."""
         info = self.get(seq_id)
         if info is None:
             return
-        k = keys(seq_id)
-        with self._redis(f"reading GOPs of {seq_id}"):
-            closed = int(self.redis.hget(k["seq"], "gops_closed") or 0)
-        rows = self._rows(seq_id, 0, None)
-        bounds = [*info.keyframes, info.frame_count]
-        gops = []
-        for n in range(closed):
-            gop = rows[bounds[n]:bounds[n + 1]]
-            gops.append({"n": n, "first": bounds[n], "count": len(gop), "offset": gop[0]["offset"],
-                         "bytes": sum(r["length"] for r in gop),
-                         "offsets": [r["offset"] - gop[0]["offset"] for r in gop]})
+        _, gops = self._gop_table(seq_id)
+        rows = self._rows(seq_id, 0, None) if info.finished else []
         body = {"version": 1, "info": {**asdict(info), "keyframes": info.keyframes},
                 "frames": [{f: r[f] for f in FrameRecord.__dataclass_fields__} for r in rows], "gops": gops}
         self.bucket.put(_seg(seq_id, "manifest.json"), json.dumps(body).encode())
@@ -430,22 +440,17 @@ class ScaleStorage:
             info = _info_of(m)
             segs = [(0, info.header_bytes, _seg(seq_id, "header"), "")]
             segs += [(g["offset"], g["bytes"], gop_key(seq_id, g["n"]), "") for g in m["gops"]]
-        else:
+        else:  # live: the GOP table and the rows of the frames after the closed GOPs (O(GOPs + a GOP))
             assert info is not None
             k = keys(seq_id)
-            with self._redis(f"reading GOPs of {seq_id}"):
-                closed = int(self.redis.hget(k["seq"], "gops_closed") or 0)
-            rows = self._rows(seq_id, 0, None)
-            bounds = [*info.keyframes, info.frame_count]
+            closed, table = self._gop_table(seq_id)
             segs = [(0, info.header_bytes, _seg(seq_id, "header"), "")]
-            for n in range(closed):
-                gop = rows[bounds[n]:bounds[n + 1]]
-                segs.append((gop[0]["offset"], sum(r["length"] for r in gop), gop_key(seq_id, n), ""))
-            first_pending = bounds[closed] if closed else 0
+            segs += [(g["offset"], g["bytes"], gop_key(seq_id, g["n"]), "") for g in table]
+            first_pending = [*info.keyframes, info.frame_count][closed] if closed else 0
             with self._redis(f"reading the live stream index of {seq_id}"):
                 ids = [e.decode() if isinstance(e, bytes) else str(e)
                        for e in self.redis.lrange(k["entries"], first_pending, -1)]
-            pending = rows[first_pending:]
+            pending = self._rows(seq_id, first_pending, None)
             ids += [""] * (len(pending) - len(ids))
             segs += [(r["offset"], r["length"], r["obj"], e) for r, e in zip(pending, ids)]
         if info.finished:
