@@ -11,9 +11,9 @@ if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then
     (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null \
         || echo "chromium not installed: the browser test will skip" >&2
 fi
-# redis-server for the scale-out tests (Debian package; the tests start their own instances on free ports
-# and skip without it). The system service is not used.
-if [ "$(id -u)" = 0 ] && ! command -v redis-server >/dev/null; then
-    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null \
-        || echo "redis-server not installed: the scale-out tests will skip" >&2
+# redis-server and nginx for the scale-out tests (Debian packages; the tests start their own instances on
+# free loopback ports and skip without them). The system services are not used.
+if [ "$(id -u)" = 0 ] && ! { command -v redis-server >/dev/null && [ -x /usr/sbin/nginx ]; }; then
+    (apt-get update -qq && apt-get install -y -qq redis-server nginx-light) >/dev/null \
+        || echo "redis-server or nginx not installed: the scale-out tests will skip" >&2
 fi
