@@ -62,3 +62,14 @@ def s3_server():
     server = S3Server()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def weed_server(tmp_path_factory):
+    """SeaweedFS's S3 gateway (the compose file's S3 server) on free loopback ports (skips without weed)."""
+    from services import WeedServer, aws_env
+    for k, v in aws_env().items():
+        os.environ.setdefault(k, v)
+    server = WeedServer(tmp_path_factory.mktemp("weed"))
+    yield server
+    server.stop()

@@ -68,8 +68,10 @@ def test_scale_out_needs_both_redis_and_s3():
     assert not Settings().scale_out
 
 
-def test_two_replicas_share_the_stream_forward_uploads_and_serve_from_s3_alone(redis_server, s3_server, loot_dir,
-                                                                                 tmp_path):
+@pytest.mark.parametrize("s3", ["s3_server", "weed_server"])  # moto, and SeaweedFS as in docker-compose.yml
+def test_two_replicas_share_the_stream_forward_uploads_and_serve_from_s3_alone(redis_server, s3, loot_dir, tmp_path,
+                                                                                 request):
+    s3_server = request.getfixturevalue(s3)
     bucket = f"t{uuid.uuid4().hex[:12]}"
     plys = frames_of(loot_dir, 10)
     settings = scale_settings(redis_server, s3_server, bucket, tmp_path)
