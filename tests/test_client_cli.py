@@ -24,7 +24,7 @@ def frames_dir(tmp_path_factory):
 
 
 def test_upload_resume_and_watch_with_ply_output(server, frames_dir, tmp_path, capsys):
-    args = ["upload", str(frames_dir), "--server", server.url, "--id", "torus", "--gop", "2"]
+    args = ["upload", str(frames_dir), "--server", server.url, "--id", "torus", "--gop", "2", "--quality", "high"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"created sequence torus, watch it at {server.url}/view/torus\n" in out

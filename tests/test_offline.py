@@ -146,12 +146,13 @@ def test_empty_cut_and_overlong_streams_fail_and_say_why(encoded, tmp_path):
 def test_json_output_of_encode_and_info(encoded, tmp_path):
     _, _, _, frames_dir = encoded
     out = tmp_path / "j.splatcast"
-    rc, stdout, stderr = run("encode", frames_dir, "-o", out, *ARGS, "--json")
+    rc, stdout, stderr = run("encode", frames_dir, "-o", out, *ARGS, "--quality", "high", "--json")
     assert rc == 0 and stderr == "", stderr  # no progress bar either
     enc = json.loads(stdout)
     assert [r["index"] for r in enc["frames"]] == [0, 1, 2, 3, 4]
     assert [r["frame_type"] for r in enc["frames"]][0::3] == ["keyframe", "keyframe"]  # gop 3
     assert enc["frames"][2]["file"].endswith("part9.ply") and enc["codec_params"]["gop"] == 3
+    assert enc["codec_params"]["quality"] == "high"
     assert enc["summary"]["stream_bytes"] == out.stat().st_size and enc["summary"]["frames"] == 5
 
     rc, stdout, _ = run("info", out, "--json")

@@ -26,7 +26,7 @@ TILE_BANDS = {  # preset -> (low, high) dB of the tile's keyframe and last inter
     "high": (47, 55),
     "near-lossless": (52, 62),
 }
-LOOT_BANDS = {"preview": (45, 56), "medium": (52, 62), "high": (57, 67), "near-lossless": (62, 76)}
+LOOT_BANDS = {"preview": (45, 56), "medium": (53, 63), "high": (60, 71), "near-lossless": (65, 78)}
 FLAT_DB = {"preview": 0.5, "medium": 0.3, "high": 0.3, "near-lossless": 0.3}
 """How much the 10th frame may lose against its keyframe: 0.3 dB, and 0.5 dB for "preview",
 whose coarse steps make the PSNR of single frames noisier (measured: -0.30 dB)."""

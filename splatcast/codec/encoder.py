@@ -39,8 +39,9 @@ LOGIT_MAX = 16.0
 """Opacity logits are clipped to [-LOGIT_MAX, LOGIT_MAX] (alpha within 1.1e-7 of 0 or 1;
 +Inf opacities of real files become finite)."""
 SCALAR_MARGIN = 1 / 8
-"""A scalar quantiser's range is the keyframe's range widened by this fraction on each side,
-so that later frames of the GOP moving a little beyond it still fit."""
+"""A scalar quantiser takes uint8 values only when its keyframe's range widened by this
+fraction on each side fits 255 steps, so that later frames of the GOP moving a little beyond
+the range still fit (the range is centred in the type's levels)."""
 
 
 _Candidate = tuple[int, str, dict, np.ndarray]
@@ -305,19 +306,28 @@ def _group_steps(quality: Quality, feats: dict[str, torch.Tensor]) -> dict[str, 
 
 def _scalar_quantiser(x: torch.Tensor, step: float) -> tuple[np.ndarray, type]:
     """Offset and step of a group's uniform quantiser, [2, D] float32 (payload ``scalar``), and
-    the values' type: uint8 when 256 levels cover the range, else uint16.
+    the values' type: uint8 when 255 steps cover the rows' range widened by SCALAR_MARGIN of it
+    on each side, else uint16.
 
-    The range is the rows' ``x`` [N, D] min..max widened by SCALAR_MARGIN of it on each side;
-    the step is ``step``, or larger where 2**16 levels would not cover the range."""
+    Per dimension of ``x`` [N, D]: the step is ``step``, or larger where the type's 255 or
+    65,535 steps would not cover the range; a uint8 range is centred in the 256 levels, a
+    uint16 one starts SCALAR_MARGIN of it above the offset (the spare levels are the room later
+    frames of the GOP have before a keyframe is needed)."""
     if len(x):
         lo, hi = (v.double().cpu().numpy() for v in x.aminmax(dim=0))
     else:
         lo = hi = np.zeros(x.shape[1])
-    margin = SCALAR_MARGIN * (hi - lo)
-    offset = np.clip(lo - margin, -SCALAR_LIMIT / 2, SCALAR_LIMIT / 2).astype(np.float32)
-    steps = (np.maximum(step, (hi + margin - offset) / (2**16 - 1)) * (1 + 1e-6)).astype(np.float32)
-    top = float(np.max((hi + margin - offset) / steps)) if x.shape[1] else 0.0
-    return np.stack([offset, steps]), (np.uint8 if top <= 255 else np.uint16)
+    widened = float(np.max((hi - lo) * (1 + 2 * SCALAR_MARGIN) / step)) if x.shape[1] else 0.0
+    dtype = np.uint8 if widened <= 255 else np.uint16
+    top = np.iinfo(dtype).max
+    steps = (np.maximum(step, (hi - lo) / top) * (1 + 1e-6)).astype(np.float32)  # 1e-6: float32 rounding
+    # whole steps below the range, so that its low end is a level (a constant attribute is kept
+    # exactly): uint8 centred; uint16 SCALAR_MARGIN of the range (values near 0, not near 2**15
+    # where the high byte would alternate between 127 and 128: 6 % more bytes after zstd)
+    span = (hi - lo) / steps
+    below = (top - np.ceil(span)) // 2 if dtype is np.uint8 else np.ceil(SCALAR_MARGIN * span)
+    offset = np.clip(lo - below * steps.astype(np.float64), -SCALAR_LIMIT / 2, SCALAR_LIMIT / 2)
+    return np.stack([offset.astype(np.float32), steps]), dtype
 
 
 def _sorted_codebook(cb: np.ndarray) -> np.ndarray:
