@@ -332,3 +332,39 @@ def test_a_fenced_off_holder_cannot_commit(redis_server, s3_server, tmp_path):
         store.append(sid, record(), b"again", fence=new.value(sid))
     store.delete(sid)
     store.close()
+
+
+def test_a_finish_whose_s3_writes_failed_is_completed_by_the_next_read(redis_server, s3_server, tmp_path):
+    """Finished in Redis but the manifest write failed: the next read of the sequence writes it."""
+    import json
+
+    from splatcast.server.errors import Unavailable
+    from splatcast.server.objects import Bucket
+    from splatcast.server.scale_storage import ScaleStorage
+    from splatcast.server.storage import FrameRecord, SequenceInfo
+
+    bucket = Bucket(s3_server.url, f"t{uuid.uuid4().hex[:12]}", "us-east-1", 2, 1)
+    store = ScaleStorage(redis_server.url, bucket, 2, 1)
+    sid = f"seal-{uuid.uuid4().hex[:6]}"
+    store.create(SequenceInfo(id=sid, name="s", fps=30, codec={}, created_at=time.time()))
+    for i, kind in enumerate(("keyframe", "interframe")):
+        store.append(sid, FrameRecord(index=i, frame_type=kind, num_gaussians=1, raw_bytes=1, sha256="0",
+                                      encode_ms=1, received_at=time.time()), f"frame{i}".encode(),
+                     header=b"H" if i == 0 else None, sh_degree=0)
+    put = bucket.put
+
+    def failing_put(key: str, data: bytes, content_type: str = "application/json") -> None:
+        raise Unavailable("S3 down for the test")
+
+    bucket.put = failing_put  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        store.finish(sid, b"END")
+    bucket.put = put  # type: ignore[method-assign]
+    assert not json.loads(bucket.get(f"{sid}/manifest.json") or b"{}")["info"]["finished"]
+    info = store.get(sid)  # the read repairs it
+    assert info is not None and info.finished
+    manifest = json.loads(bucket.get(f"{sid}/manifest.json") or b"{}")
+    assert manifest["info"]["finished"] and len(manifest["frames"]) == 2 and len(manifest["gops"]) == 1
+    assert bucket.get(f"{sid}/gops/000000") == b"frame0frame1"
+    store.delete(sid)
+    store.close()

@@ -75,7 +75,7 @@ _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], 'finished')) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'finished', 1, 'end_bytes', ARGV[2])
+redis.call('HSET', KEYS[1], 'finished', 1, 'end_bytes', ARGV[2], 'sealed', 0)
 redis.call('XADD', KEYS[3], '*', 'kind', 'end', 'msg', ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return 0
@@ -84,7 +84,7 @@ return 0
 _SMALL_CACHE = 4096  # header and end messages kept in memory
 _FINISHED_STREAM_TTL_S = 300  # a finished sequence's live stream (its last GOPs) leaves Redis after this
 _INFO_FIELDS = ("name", "fps", "codec", "created_at", "finished", "sh_degree", "header_bytes", "end_bytes",
-                "frame_count", "frame_bytes", "raw_bytes", "encode_ms", "gops_closed")
+                "frame_count", "frame_bytes", "raw_bytes", "encode_ms", "gops_closed", "sealed")
 
 
 class LeaseLost(Unavailable):
@@ -122,6 +122,7 @@ class ScaleStorage:
         self._finish = self.redis.register_script(_FINISH)
         self._finished: dict[str, dict] = {}  # manifests of finished sequences (immutable), by id
         self._small: dict[str, bytes] = {}  # header and end objects (immutable, tiny), by key
+        self._sealing: set[str] = set()  # finished sequences being written whole to S3 now
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -163,6 +164,8 @@ class ScaleStorage:
         if values[0] is None:
             return None
         f = dict(zip(_INFO_FIELDS, (v.decode() if v is not None else None for v in values)))
+        if f["finished"] == "1" and f["sealed"] == "0":  # finished in Redis, not yet whole in S3: repair
+            self._try_seal(seq_id)
         return SequenceInfo(id=seq_id, name=f["name"] or "", fps=float(f["fps"] or 0),
                             codec=json.loads(f["codec"] or "{}"),
                             created_at=float(f["created_at"] or 0), finished=f["finished"] == "1",
@@ -373,7 +376,28 @@ class ScaleStorage:
             raise LeaseLost(f"the encoder lease of {seq_id} was lost before it was finished", self.retry_after_s)
         if status == -3:
             raise KeyError(seq_id)
-        self._close_gops(seq_id, through_end=True)  # raises: a finished sequence must be whole in S3
+        self._seal(seq_id)  # raises: the caller learns; the next read of the sequence tries again
+
+    def _seal(self, seq_id: str) -> None:
+        """Make a finished sequence whole in S3: its last GOP objects and the finished manifest."""
+        with self._lock:
+            if seq_id in self._sealing:
+                return
+            self._sealing.add(seq_id)
+        try:
+            self._close_gops(seq_id, through_end=True)
+            self._write_manifest(seq_id)
+            with self._redis(f"sealing {seq_id}"):
+                self.redis.hset(keys(seq_id)["seq"], "sealed", 1)
+        finally:
+            with self._lock:
+                self._sealing.discard(seq_id)
+
+    def _try_seal(self, seq_id: str) -> None:
+        try:
+            self._seal(seq_id)
+        except (StorageError, Unavailable) as e:
+            log.warning("writing the finished sequence %s to S3 failed (retried at its next read): %s", seq_id, e)
 
     def frames(self, seq_id: str, start: int = 0, stop: int | None = None) -> builtins.list[FrameRecord]:
         if (m := self._finished.get(seq_id)) is not None:
