@@ -217,6 +217,7 @@ def test_kill_9_of_the_encoding_replica_hands_over_within_seconds(redis_server, 
         resumed = [m for m in decode(resume) if isinstance(m, FrameMessage)]
         assert resumed[0].frame_type == "keyframe" and resumed[0].index <= len(seen_on_a)
         assert resumed[-1].index == 7
+        assert 'splatcast_lease_events_total{event="acquired"} 1.0' in httpx.get(f"{b}/metrics").text  # the takeover
         print(f"takeover after kill -9: {took:.2f} s")
     finally:
         for proc in procs:

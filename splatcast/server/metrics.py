@@ -32,6 +32,9 @@ class Metrics:
         self.frame_uploads = Counter("splatcast_frame_uploads", "Frame uploads by outcome: stored, retry (a stored "
                                      "frame sent again), refused (4xx/5xx), forwarded (to the encoder "
                                      "lease holder, scale-out).", ["outcome"], registry=r)
+        self.lease_events = Counter("splatcast_lease_events", "Scale-out encoder leases of this replica: acquired "
+                                    "(a new epoch, so a new GOP: first upload or takeover), lost (a commit "
+                                    "refused or failed; the encoder starts over).", ["event"], registry=r)
         self.parse_seconds = Histogram("splatcast_ply_parse_seconds", "Time to parse an uploaded PLY frame.",
                                        buckets=_LATENCY, registry=r)
         self.encode_seconds = Histogram("splatcast_encode_seconds", "Time to encode a frame, by frame type.",

@@ -120,6 +120,7 @@ class Sequences:
             if lease.mine:
                 if lease.new:  # someone else may have encoded meanwhile: start a new GOP
                     self._encoders.pop(seq_id, None)
+                    self.metrics.lease_events.labels("acquired").inc()
                 return lease.value
             if not takeover:
                 raise NotHolder(f"replica {lease.holder} encodes sequence {seq_id!r}", lease.holder,
@@ -134,6 +135,7 @@ class Sequences:
         self._encoders.pop(seq_id, None)
         if self.leases is not None:
             self.leases.drop(seq_id)
+            self.metrics.lease_events.labels("lost").inc()
 
     async def put_frame(self, seq_id: str, index: int, body: bytes | bytearray, takeover: bool = False) -> Ingested:
         """Store frame ``index`` (the next one), or confirm a retry of a stored identical frame.
