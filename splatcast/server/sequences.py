@@ -62,6 +62,7 @@ class Sequences:
         self.metrics = metrics
         self.leases = leases
         self._locks: dict[str, asyncio.Lock] = {}
+        self._header_reads: dict[tuple[str, int], asyncio.Future[bytes]] = {}
         self._encoders: dict[str, FrameEncoder] = {}
         self._pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="splatcast-encode")
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="splatcast-hash")
@@ -84,6 +85,21 @@ class Sequences:
             await asyncio.to_thread(self.get, seq_id)  # 404 before an unknown id gets a lock
             lock = self._locks.setdefault(seq_id, asyncio.Lock())
         return lock
+
+    async def stream_header(self, seq_id: str, header_bytes: int = 0) -> bytes:
+        """The sequence's stream header message (``header_bytes`` long if known, else read from its
+        info: ``NotFound`` if it was deleted). Subscribers asking at the same time (all of them at
+        frame 0 of a live upload) share one read: one storage round trip instead of hundreds."""
+        key = (seq_id, header_bytes)
+        read = self._header_reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(asyncio.to_thread(self._read_header, seq_id, header_bytes))
+            self._header_reads[key] = read
+            read.add_done_callback(lambda _: self._header_reads.pop(key, None))
+        return await asyncio.shield(read)
+
+    def _read_header(self, seq_id: str, header_bytes: int) -> bytes:
+        return self.storage.read(seq_id, 0, header_bytes or self.get(seq_id).header_bytes)
 
     def create(self, name: str, fps: float, codec: dict, seq_id: str | None = None) -> SequenceInfo:
         """Store a new empty open sequence (blocking: SQLite). ``Invalid`` for a bad id or codec

@@ -243,9 +243,7 @@ class _Sender:
     async def send_frame(self, index: int, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         if not self.header_sent:
-            if not self.header_bytes:  # frame 0 came live (NotFound if the sequence was deleted meanwhile)
-                self.header_bytes = (await asyncio.to_thread(self.seqs.get, self.seq_id)).header_bytes
-            await self.send(await asyncio.to_thread(self.storage.read, self.seq_id, 0, self.header_bytes))
+            await self.send(await self.seqs.stream_header(self.seq_id, self.header_bytes))
             self.header_sent = True
         if self.realtime:
             if self.clock is None:
