@@ -18,13 +18,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import websockets
 
 from splatcast.protocol import FrameMessage, StreamDecoder, StreamHeader
 from splatcast.server import BackgroundServer, Settings
 from splatcast.server.errors import StorageError
-from splatcast.server.scale_storage import PREFIX
+
+redis = pytest.importorskip("redis", reason="the scale extra is not installed (pip install -e '.[scale]')")
+pytest.importorskip("boto3", reason="the scale extra is not installed (pip install -e '.[scale]')")
+from splatcast.server.scale_storage import PREFIX  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 GOP = 4
