@@ -22,6 +22,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import re
+
     from splatcast.server.runner import make_server
     from splatcast.server.settings import Settings
 
@@ -30,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     server, sock = make_server(settings)
     host, port = sock.getsockname()[:2]
-    print(f"splatcast serving http://{host}:{port} (API: /docs), data in {settings.data_dir.resolve()}", flush=True)
+    hide = lambda url: re.sub(r"//[^@/]*@", "//***@", url or "")  # noqa: E731  (no password on stdout)
+    where = (f"replica on Redis {hide(settings.redis_url)} and S3 {hide(settings.s3_url)} bucket {settings.s3_bucket}"
+             if settings.scale_out else f"data in {settings.data_dir.resolve()}")
+    print(f"splatcast serving http://{host}:{port} (API: /docs), {where}", flush=True)
     server.run(sockets=[sock])
     return 0
