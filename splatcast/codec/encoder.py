@@ -35,6 +35,9 @@ HYSTERESIS = 3.0
 keeps more ids (fewer bytes) at a larger attribute error; the DRIFT rule bounds the drift."""
 NEIGHBOURS = 16
 """Centroids searched first when an id must change in an interframe (those nearest the old)."""
+VQ_CANDIDATES = ("sh0",)
+"""Groups that a keyframe vector-quantises instead when k-means matches the preset's scalar
+error (``FrameEncoder._vq_if_it_pays``)."""
 LOGIT_MAX = 16.0
 """Opacity logits are clipped to [-LOGIT_MAX, LOGIT_MAX] (alpha within 1.1e-7 of 0 or 1;
 +Inf opacities of real files become finite)."""
@@ -141,13 +144,18 @@ class FrameEncoder:
         codebooks, scalar, self._scalar = {}, {}, {}
         steps = _group_steps(self.config.steps, feats)
         for i, (name, x) in enumerate(feats.items()):
+            fitted = None
             if steps[name] > 0:
-                scalar[name], dtype = _scalar_quantiser(x, steps[name])
-                offset, step_ = (torch.from_numpy(r.astype(np.float64)).to(self.device) for r in scalar[name])
-                self._scalar[name] = (offset, step_, dtype)
-                continue
-            fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i) if len(x) else \
-                torch.zeros((1, x.shape[1]), device=x.device)
+                sq, dtype = _scalar_quantiser(x, steps[name])
+                fitted = self._vq_if_it_pays(name, x, sq, i)
+                if fitted is None:
+                    scalar[name] = sq
+                    offset, step_ = (torch.from_numpy(r.astype(np.float64)).to(self.device) for r in sq)
+                    self._scalar[name] = (offset, step_, dtype)
+                    continue
+            if fitted is None:
+                fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i) if len(x) else \
+                    torch.zeros((1, x.shape[1]), device=x.device)
             codebooks[name] = _sorted_codebook(np.clip(fitted.cpu().numpy(), -65504, 65504).astype(np.float16))
         self._books = {name: torch.from_numpy(cb.astype(np.float32)).to(self.device)
                        for name, cb in codebooks.items()}
@@ -157,6 +165,17 @@ class FrameEncoder:
         payload = dict(sh_degree=self._sh_degree, step=step, codebooks=codebooks, scalar=scalar,
                        origin=origin, morton=planes, **self._id_payload(ids, order))
         return "keyframe", payload, order, ids
+
+    def _vq_if_it_pays(self, name: str, x: torch.Tensor, sq: np.ndarray, i: int) -> torch.Tensor | None:
+        """For a group of VQ_CANDIDATES: k-means centroids [K, D] when their mean squared error
+        on the rows ``x`` [N, D] is at most the scalar quantiser ``sq``'s (sum of step^2 / 12),
+        else None. One id then costs less than D scalars at no larger error (e.g. the few
+        colours of a voxel capture)."""
+        if name not in VQ_CANDIDATES or len(x) <= 4 * self.config.codebook_size:
+            return None
+        fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i)
+        mse = float(_sqdist(x, fitted, kmeans.assign(x, fitted)).mean())
+        return fitted if mse <= float((sq[1].astype(np.float64) ** 2).sum() / 12) else None
 
     def _intra(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]) -> _Candidate | None:
         """An intra frame against ``state`` (the decoder's), or None if the positions left its grid."""
