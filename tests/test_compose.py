@@ -58,6 +58,8 @@ def test_compose_scale_profile():
     assert scale == {"redis", "s3", "replica1", "replica2", "nginx", "scale-producer", "scale-viewer"}
     assert "--appendfsync" in services["redis"]["command"] and "always" in services["redis"]["command"]
     assert "seaweedfs" in services["s3"]["image"] and "-s3" in services["s3"]["command"]
+    s3_keys = {k: v for k, v in services["s3"]["environment"].items() if k.startswith("AWS_")}
+    assert set(s3_keys) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # weed's admin identity
     replicas = [services[k] for k in ("replica1", "replica2")]
     for name, replica in zip(("replica1", "replica2"), replicas):
         env = replica["environment"]
@@ -65,6 +67,7 @@ def test_compose_scale_profile():
         assert env["SPLATCAST_ADVERTISE_URL"] == f"http://{name}:8000"
         settings = Settings(**{k[len("SPLATCAST_"):].lower(): v for k, v in env.items() if k.startswith("SPLATCAST_")})
         assert settings.scale_out
+        assert all(env[k] == v for k, v in s3_keys.items())  # the replicas sign with the S3 server's keys
         assert replica["build"] == services["server"]["build"] and replica["image"] == services["server"]["image"]
         assert replica["depends_on"]["redis"]["condition"] == "service_healthy"
     nginx = services["nginx"]
@@ -145,6 +148,78 @@ def test_compose_commands_run_outside_docker(tmp_path):
         assert "6 frames decoded, 0 skipped" in out
     finally:
         for proc in (viewer, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def test_compose_scale_commands_run_outside_docker(redis_server, weed_server, tmp_path):
+    """The scale profile's commands as local processes: two replicas on Redis and SeaweedFS, nginx with
+    deploy/nginx.conf, the producer and the viewer through nginx; only addresses and frames changed."""
+    pytest.importorskip("redis", reason="the scale extra is not installed")
+    from services import aws_env
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.skip("nginx not installed (apt-get install -y nginx-light; scripts/install.sh)")
+    services = compose()["services"]
+    bin_dir = str(Path(sys.executable).parent)
+    base = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    def env(service: str, **overrides) -> dict:
+        merged = {**services[service].get("environment", {}), **overrides}
+        return {**base, **{k: str(v) for k, v in merged.items()}}
+
+    def shell(command: list[str]) -> list[str]:
+        return [c.replace("$$", "$") for c in command]
+
+    bucket = f"compose{int(time.time() * 1000)}"
+    ports = {name: free_port() for name in ("replica1", "replica2", "nginx")}
+    procs: list[subprocess.Popen] = []
+    viewer = None
+    try:
+        for name in ("replica1", "replica2"):
+            url = f"http://127.0.0.1:{ports[name]}"
+            replica_env = env(name, SPLATCAST_HOST="127.0.0.1", SPLATCAST_PORT=ports[name],
+                              SPLATCAST_REDIS_URL=redis_server.url, SPLATCAST_S3_URL=weed_server.url,
+                              SPLATCAST_S3_BUCKET=bucket, SPLATCAST_ADVERTISE_URL=url,
+                              SPLATCAST_DATA_DIR=tmp_path / name, **aws_env())  # weed's credentials here
+            procs.append(subprocess.Popen(services[name]["command"], env=replica_env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            health = dockerfile_healthcheck()
+            deadline = time.monotonic() + 60
+            while subprocess.run(health, env=replica_env, capture_output=True).returncode != 0:
+                assert procs[-1].poll() is None and time.monotonic() < deadline, f"{name} never became healthy"
+                time.sleep(0.5)
+        (mount,) = services["nginx"]["volumes"]
+        conf = (REPO / mount.split(":")[0]).read_text()
+        for name in ("replica1", "replica2"):
+            conf = conf.replace(f"server {name}:8000", f"server 127.0.0.1:{ports[name]}")
+        conf = conf.replace("listen 80;", f"listen 127.0.0.1:{ports['nginx']};")
+        (tmp_path / "nginx.conf").write_text(conf)
+        procs.append(subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e",
+                                       str(tmp_path / "nginx-error.log"), "-g",
+                                       f"daemon off; pid {tmp_path / 'nginx.pid'};"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        front = f"http://127.0.0.1:{ports['nginx']}"
+        deadline = time.monotonic() + 20
+        probe = [sys.executable, "-c", f"import urllib.request; urllib.request.urlopen('{front}/healthz')"]
+        while subprocess.run(probe, capture_output=True).returncode != 0:
+            assert procs[-1].poll() is None and time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.2)
+        seq_dir = tmp_path / "seq"
+        producer_cmd = [c.replace("/tmp/demo-seq", str(seq_dir))
+                        for c in shell(services["scale-producer"]["command"])]
+        viewer = subprocess.Popen(shell(services["scale-viewer"]["command"]), env=env("scale-viewer", SERVER=front),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        producer = subprocess.run(producer_cmd, env=env("scale-producer", SERVER=front, FRAMES=6),
+                                  capture_output=True, text=True, timeout=180)
+        assert producer.returncode == 0, producer.stderr
+        assert "sequence demo (finished): 6 frames" in producer.stdout
+        out, _ = viewer.communicate(timeout=120)
+        assert viewer.returncode == 0, out
+        assert "6 frames decoded, 0 skipped" in out
+    finally:
+        for proc in [viewer, *procs]:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
