@@ -103,11 +103,6 @@ class Leases:
         with self._lock:
             return self._held.get(seq_id)
 
-    def drop(self, seq_id: str) -> None:
-        """Forget a lease found lost (its commit was refused)."""
-        with self._lock:
-            self._held.pop(seq_id, None)
-
     def release(self, seq_id: str) -> None:
         """Give the lease back (sequence finished or deleted, server stopping)."""
         with self._lock:

@@ -147,10 +147,12 @@ class Sequences:
                                   self.settings.retry_after_s)
             await asyncio.sleep(0.1)
 
-    def _lost(self, seq_id: str) -> None:
+    async def _lost(self, seq_id: str) -> None:
+        """A commit failed: forget the encoder, and give the lease back if it is still ours (the next
+        frame takes a new epoch at once: a new GOP, fenced from anything of this attempt)."""
         self._encoders.pop(seq_id, None)
         if self.leases is not None:
-            self.leases.drop(seq_id)
+            await asyncio.to_thread(self.leases.release, seq_id)
             self.metrics.lease_events.labels("lost").inc()
 
     async def put_frame(self, seq_id: str, index: int, body: bytes | bytearray, takeover: bool = False) -> Ingested:
@@ -192,7 +194,7 @@ class Sequences:
                 record, message = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self._encode_and_store, info, index, body, digest, fence)
             except Unavailable:
-                self._lost(seq_id)  # lease lost or backbone down: the next frame starts a new GOP
+                await self._lost(seq_id)  # lease lost or backbone down: the next frame starts a new GOP
                 raise
             self.hub.publish(seq_id, Item("frame", message, record.index, record.frame_type, record.received_at))
             return Ingested(record, created=True)
@@ -253,7 +255,7 @@ class Sequences:
             try:
                 await asyncio.to_thread(self.storage.finish, seq_id, message, fence)
             except Unavailable:
-                self._lost(seq_id)
+                await self._lost(seq_id)
                 raise
             self._encoders.pop(seq_id, None)
             if self.leases is not None:
