@@ -2,15 +2,16 @@
 
 usage: python bench/bench_rd.py [--seq A,B,C,D] [--frames 10] [--psnr-every 3] [--workdir DIR]
                                 [--presets preview,medium,high,near-lossless] [--json OUT.json]
-                                [--plot docs/rd.png] [--from-json IN.json]
+                                [--plot docs/rd.png] [--from-json IN.json ...]
 
 For every sequence of bench/bench_codec.py (A tile SH3 tracked, B playbot 250k tracked + jitter,
 C biker tracked, D loot untracked) and every preset of ``splatcast.codec.QUALITIES``: the first
 --frames frames are encoded and decoded (``bench_codec.run``), B/G = wire bytes of all frames /
 Gaussians of all frames, PSNR = mean over every --psnr-every-th frame (frame 0 included) of
 ``view_quality`` (4 orbit views, 256 px). The figure (matplotlib, one panel per sequence) draws
-the presets' curve, the version-1 codec's measured points (keyframe and interframe, from
-docs/CODEC.md section 10) and the peers' recorded figures (constants below: they are not run).
+the presets' curve, the version-1 codec's point (its measured keyframe and interframe
+figures over the same 10 frames, docs/CODEC.md sections 9-10) and the peers' recorded
+figures (constants below: they are not run).
 --from-json redraws a figure from a previous --json without encoding anything.
 """
 
@@ -26,15 +27,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from bench_codec import SEQUENCES, generate, run  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from splatcast.codec import QUALITIES, CodecConfig  # noqa: E402
 
-V1 = {  # splatcast-vq version 1 (all attributes VQ), bench_codec.py before issue 9:
-    # sequence -> ((key B/G, key PSNR), (inter or intra B/G, its PSNR))
-    "A": ((7.93, 28.80), (0.78, 27.36)),
-    "B": ((8.22, 42.25), (1.14, 39.45)),
-    "C": ((6.96, 41.99), (0.93, 40.46)),
-    "D": ((1.20, 57.64), (1.15, 57.02)),
+V1 = {  # splatcast-vq version 1 (all attributes VQ) over the first 10 frames, from its bench_codec
+    # figures (docs/CODEC.md sections 9-10): B/G = (keyframes + other frames) / 10, PSNR = mean
+    # over frames (A: keyframe 7.93 B/G 28.80 dB + 9 interframes 0.78 B/G 27.36 dB; B: 8.22 / 42.25
+    # + 9 x 1.14 / 39.45; C: 2 keyframes 6.96 + 8 x 0.93, all frames 40.77 dB; D: 1.20 + 9 x 1.15,
+    # all frames 57.04 dB)
+    "A": (1.50, 27.50),
+    "B": (1.85, 39.73),
+    "C": (2.14, 40.77),
+    "D": (1.16, 57.04),
 }
 PEERS = {  # B/G recorded in issue 2 on these sequences (same machine): keyframe, interframe.
     # Their rendered-view PSNR was not measured here (the peers are not run by this script).
@@ -77,19 +82,21 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.plot([r["bpg"] for r in mine], [r["psnr"] for r in mine], "o-", color="C0", label="splatcast v2 presets")
         for r in mine:
             ax.annotate(r["preset"], (r["bpg"], r["psnr"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
-        (kb, kp), (ob, op) = V1[name]
-        ax.plot([kb, ob], [kp, op], "s", color="C3", label="splatcast v1 (key, inter/intra)")
+        ax.plot(*V1[name], "s", color="C3", label="splatcast v1 (default)")
         for i, (peer, figures) in enumerate(PEERS.items()):
             key, inter = figures[name]
             ax.axvspan(min(key, inter), max(key, inter), color=f"C{i + 1}", alpha=0.15,
                        label=f"{peer}: inter..key B/G (PSNR not measured)")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bytes per Gaussian (all frames; log)")
         ax.set_ylabel("PSNR dB (4 views, 256 px)")
         ax.set_title(f"{name}: {SEQUENCES[name][2]}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
@@ -103,10 +110,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="where generated frames live (kept); default: temp")
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--plot", type=Path, help="write the figure here (PNG)")
-    ap.add_argument("--from-json", type=Path, help="plot the rows of a previous --json run")
+    ap.add_argument("--from-json", type=Path, action="append",
+                    help="plot the rows of a previous --json run (repeat: later files replace earlier rows)")
     a = ap.parse_args()
     if a.from_json:
-        rows = json.loads(a.from_json.read_text())
+        merged = {(r["seq"], r["preset"]): r for path in a.from_json for r in json.loads(path.read_text())}
+        rows = sorted(merged.values(), key=lambda r: (r["seq"], list(QUALITIES).index(r["preset"])))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             rows = measure(a.seq.split(","), a.presets.split(","), a.frames, max(a.psnr_every, 1),

@@ -36,8 +36,8 @@ keeps more ids (fewer bytes) at a larger attribute error; the DRIFT rule bounds 
 NEIGHBOURS = 16
 """Centroids searched first when an id must change in an interframe (those nearest the old)."""
 VQ_CANDIDATES = ("sh0",)
-"""Groups that a keyframe vector-quantises instead when k-means matches the preset's scalar
-error (``FrameEncoder._vq_if_it_pays``)."""
+"""Groups that a keyframe of a voxelised capture (positions on a lattice) vector-quantises
+instead when k-means matches the preset's scalar error (``FrameEncoder._vq_if_it_pays``)."""
 LOGIT_MAX = 16.0
 """Opacity logits are clipped to [-LOGIT_MAX, LOGIT_MAX] (alpha within 1.1e-7 of 0 or 1;
 +Inf opacities of real files become finite)."""
@@ -139,7 +139,7 @@ class FrameEncoder:
     # --- frame types ---------------------------------------------------------------------------
 
     def _keyframe(self, means: np.ndarray, feats: dict[str, torch.Tensor]):
-        step, self._unit = _step_and_unit(means, self.config)
+        step, self._unit, lattice = _step_and_unit(means, self.config)
         origin, order, planes = _positions(means, step)
         codebooks, scalar, self._scalar = {}, {}, {}
         steps = _group_steps(self.config.steps, feats)
@@ -147,7 +147,7 @@ class FrameEncoder:
             fitted = None
             if steps[name] > 0:
                 sq, dtype = _scalar_quantiser(x, steps[name])
-                fitted = self._vq_if_it_pays(name, x, sq, i)
+                fitted = self._vq_if_it_pays(name, x, sq, i) if lattice else None
                 if fitted is None:
                     scalar[name] = sq
                     offset, step_ = (torch.from_numpy(r.astype(np.float64)).to(self.device) for r in sq)
@@ -169,8 +169,10 @@ class FrameEncoder:
     def _vq_if_it_pays(self, name: str, x: torch.Tensor, sq: np.ndarray, i: int) -> torch.Tensor | None:
         """For a group of VQ_CANDIDATES: k-means centroids [K, D] when their mean squared error
         on the rows ``x`` [N, D] is at most the scalar quantiser ``sq``'s (sum of step^2 / 12),
-        else None. One id then costs less than D scalars at no larger error (e.g. the few
-        colours of a voxel capture)."""
+        else None. One id then costs less than D scalars at no larger error: the few colours of
+        a voxel capture (loot at preview/medium: 1.52 -> 1.16 B/G at the same PSNR). Only for
+        lattice positions: on tracked content whose colours change (biker at preview) the
+        codebook drifts and costs more than it saves (docs/CODEC.md section 11)."""
         if name not in VQ_CANDIDATES or len(x) <= 4 * self.config.codebook_size:
             return None
         fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i)
@@ -359,8 +361,9 @@ def _sorted_codebook(cb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cb[np.argsort(x @ axis, kind="stable")])
 
 
-def _step_and_unit(means: np.ndarray, config: CodecConfig) -> tuple[float, int]:
-    """Position step (a float32 value) and interframe unit (in steps) for a keyframe.
+def _step_and_unit(means: np.ndarray, config: CodecConfig) -> tuple[float, int, bool]:
+    """Position step (a float32 value), interframe unit (in steps) and whether the positions lie
+    on a lattice (a voxelised capture) for a keyframe.
 
     Step: explicit, or alpha x the 5 % NN-distance quantile; if the positions lie on a lattice
     of that spacing (voxelised captures), the lattice spacing; grown if needed so that every
@@ -368,24 +371,25 @@ def _step_and_unit(means: np.ndarray, config: CodecConfig) -> tuple[float, int]:
     positions within step/2, as the keyframe's: a flat GOP).
     """
     span = float((means.max(0) - means.min(0)).max()) if len(means) else 0.0
-    step = config.step if config.step is not None else _nn_step(means, config)
+    step, lattice = (config.step, False) if config.step is not None else _nn_step(means, config)
     unit = 2 * config.tolerance + 1 if config.tolerance is not None else 1
-    return float(np.float32(max(step, span / (2**morton.BITS - 2), 1e-30))), unit
+    return float(np.float32(max(step, span / (2**morton.BITS - 2), 1e-30))), unit, lattice
 
 
-def _nn_step(means: np.ndarray, config: CodecConfig) -> float:
-    """alpha x the 5 % NN-distance quantile, or a lattice spacing (docs/CODEC.md section 7)."""
+def _nn_step(means: np.ndarray, config: CodecConfig) -> tuple[float, bool]:
+    """alpha x the 5 % NN-distance quantile, or a lattice spacing (docs/CODEC.md section 7),
+    and whether it is the latter."""
     if len(means) < 2:
-        return 1.0
+        return 1.0, False
     rng = np.random.default_rng(config.seed)
     sample = means[rng.choice(len(means), min(NN_SAMPLE, len(means)), replace=False)]
     dist, _ = cKDTree(means).query(sample, k=2)
     nn = dist[:, 1][dist[:, 1] > 0]
     if not len(nn):
-        return 1.0
+        return 1.0, False
     d = float(np.quantile(nn, NN_QUANTILE))
     lattice = _lattice_spacing(means, sample, d)
-    return lattice if lattice is not None else config.steps.alpha * d
+    return (lattice, True) if lattice is not None else (config.steps.alpha * d, False)
 
 
 def _lattice_spacing(means: np.ndarray, sample: np.ndarray, d: float) -> float | None:
