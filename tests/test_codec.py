@@ -274,3 +274,11 @@ def test_version_1_streams_are_refused():
         check_codec(CODEC_NAME, 1)
     with pytest.raises(CodecError, match="is not 'splatcast-vq'"):
         check_codec("other", CODEC_VERSION)
+
+
+def test_leaving_a_scalar_range_forces_a_keyframe(tile_frames):
+    """Colours beyond the keyframe's range (plus its margin) do not fit the GOP's quantiser."""
+    f = rows(tile_frames[0], np.arange(3000))
+    brighter = replace(f, sh0=f.sh0 + 20.0)
+    types = [enc.frame_type for enc, *_ in round_trip([f, f, brighter, brighter])]
+    assert types == ["keyframe", "interframe", "keyframe", "interframe"]
