@@ -77,17 +77,10 @@ def _finite(value):
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from splatcast.codec import CodecError, FrameDecoder, PlyError, check_codec, read_ply
+    from splatcast.codec import PlyError, read_ply
     from splatcast.codec.metrics import view_quality
     from splatcast.codec.render import orbit_cameras
-    from splatcast.protocol import (
-        EndOfStream,
-        ErrorMessage,
-        FrameMessage,
-        ProtocolError,
-        StreamHeader,
-        read_stream_sized,
-    )
+    from splatcast.offline import decoded_stream
 
     if not 1 <= args.views <= 64:
         raise UsageError(f"--views must be in 1..64, got {args.views}")
@@ -99,61 +92,36 @@ def evaluate(args: argparse.Namespace) -> int:
     if not args.stream.is_file():
         raise CommandError("no such file", args.stream)
 
-    decoder, header, last = FrameDecoder("cpu"), None, None
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    try:
-        for msg, size in read_stream_sized(args.stream):  # ends with the end message, or raises
-            if isinstance(msg, StreamHeader):
-                if header is not None:
-                    raise CommandError("a second stream header", args.stream)
-                try:
-                    check_codec(msg.codec, msg.codec_version)
-                except CodecError as e:
-                    raise CommandError(str(e), args.stream) from e
-                if msg.frame_count is not None and msg.frame_count != len(files):
-                    raise CommandError(f"the stream has {msg.frame_count} frames, the directory "
-                                       f"{len(files)} .ply files", args.orig_dir)
-                header = msg
-                if not args.json:
-                    print(f"{'frame':>6} {'type':<10} {'gaussians':>10} {'bytes':>10} {'B/G':>7} {'PSNR dB':>8} "
-                          f"{'SSIM':>7}")
-            elif header is None:
-                raise CommandError(f"the stream does not start with a header ({type(msg).__name__} first)",
-                                   args.stream)
-            elif isinstance(msg, FrameMessage):
-                i = len(rows)
-                if i >= len(files):
-                    raise CommandError(f"the stream has more frames than the {len(files)} .ply files of the "
-                                       "directory", args.orig_dir)
-                decoded = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
-                row: dict[str, Any] = dict(
-                    index=i, type=msg.frame_type, num_gaussians=msg.num_gaussians, bytes=size,
-                    bytes_per_gaussian=size / max(msg.num_gaussians, 1), psnr=None, ssim=None, psnr_views=None,
-                    file=files[i].name)
-                if i % args.every == 0:
-                    try:
-                        original = read_ply(files[i])
-                    except PlyError as e:
-                        raise CommandError(str(e), files[i]) from e
-                    q = view_quality(original, decoded, cameras=orbit_cameras(original, args.views, args.size))
-                    row.update(psnr=q["psnr"], ssim=q["ssim"], psnr_views=q["psnr_views"])
-                rows.append(row)
-                if not args.json:
-                    print(f"{i:>6} {row['type']:<10} {row['num_gaussians']:>10,} {size:>10,} "
-                          f"{row['bytes_per_gaussian']:>7.3f} {_db(row['psnr']):>8} "
-                          f"{'' if row['ssim'] is None else format(row['ssim'], '.4f'):>7}", flush=True)
-            elif isinstance(msg, ErrorMessage):
-                raise CommandError(f"the stream stopped with error {msg.code}: {msg.message}", args.stream)
-            elif isinstance(msg, EndOfStream) and msg.frame_count != len(rows):
-                raise CommandError(f"end message counts {msg.frame_count} frames, the stream had {len(rows)}",
-                                   args.stream)
-            last = msg
-    except (ProtocolError, CodecError) as e:
-        index = getattr(last, "index", None)
-        where = (f"after frame {index}: " if index is not None
-                 else "after the header: " if isinstance(last, StreamHeader) else "")
-        raise CommandError(f"{where}{e}", args.stream) from e
+    for header, msg, size, decoded in decoded_stream(args.stream):
+        i = len(rows)
+        if i == 0:
+            if header.frame_count is not None and header.frame_count != len(files):
+                raise CommandError(f"the stream has {header.frame_count} frames, the directory "
+                                   f"{len(files)} .ply files", args.orig_dir)
+            if not args.json:
+                print(f"{'frame':>6} {'type':<10} {'gaussians':>10} {'bytes':>10} {'B/G':>7} {'PSNR dB':>8} "
+                      f"{'SSIM':>7}")
+        if i >= len(files):
+            raise CommandError(f"the stream has more frames than the {len(files)} .ply files of the directory",
+                               args.orig_dir)
+        row: dict[str, Any] = dict(
+            index=i, type=msg.frame_type, num_gaussians=msg.num_gaussians, bytes=size,
+            bytes_per_gaussian=size / max(msg.num_gaussians, 1), psnr=None, ssim=None, psnr_views=None,
+            file=files[i].name)
+        if i % args.every == 0:
+            try:
+                original = read_ply(files[i])
+            except PlyError as e:
+                raise CommandError(str(e), files[i]) from e
+            q = view_quality(original, decoded, cameras=orbit_cameras(original, args.views, args.size))
+            row.update(psnr=q["psnr"], ssim=q["ssim"], psnr_views=q["psnr_views"])
+        rows.append(row)
+        if not args.json:
+            print(f"{i:>6} {row['type']:<10} {row['num_gaussians']:>10,} {size:>10,} "
+                  f"{row['bytes_per_gaussian']:>7.3f} {_db(row['psnr']):>8} "
+                  f"{'' if row['ssim'] is None else format(row['ssim'], '.4f'):>7}", flush=True)
     if len(rows) != len(files):
         raise CommandError(f"the stream has {len(rows)} frames, the directory {len(files)} .ply files",
                            args.orig_dir)

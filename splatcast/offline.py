@@ -16,9 +16,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from splatcast.cli import CommandError, UsageError, frame_name, ply_frames
+
+if TYPE_CHECKING:
+    from splatcast.codec import GaussianFrame
+    from splatcast.protocol import FrameMessage, StreamHeader
 
 
 def register(subparsers) -> None:
@@ -139,47 +145,69 @@ def encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def decode(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def decoded_stream(path: Path) -> Iterator[tuple[StreamHeader, FrameMessage, int, GaussianFrame]]:
+    """The frames of the ``.splatcast`` file ``path``, decoded in order: ``(header, frame message,
+    message size in bytes, decoded frame)``.
 
-    from splatcast.codec import CodecError, FrameDecoder, check_codec, write_ply
-    from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, read_stream
+    The file must hold one header of this codec (``check_codec``), frames, and an end message
+    counting them, and nothing after it; anything else (an error message, a cut or corrupt file, a
+    payload the codec refuses) raises ``CommandError`` naming the file and after which message it
+    went wrong. Used by ``splatcast decode`` and ``splatcast eval``.
+    """
+    from splatcast.codec import CodecError, FrameDecoder, check_codec
+    from splatcast.protocol import (
+        EndOfStream,
+        ErrorMessage,
+        FrameMessage,
+        ProtocolError,
+        StreamHeader,
+        read_stream_sized,
+    )
 
-    _check_start(args.input)
-    decoder, header, frames, bar, last = FrameDecoder("cpu"), None, 0, None, None
+    _check_start(path)
+    decoder, header, frames, last = FrameDecoder("cpu"), None, 0, None
     try:
-        for msg in read_stream(args.input):  # ends with the end message, or raises
+        for msg, size in read_stream_sized(path):  # ends with the end message, or raises
             if isinstance(msg, StreamHeader):
                 if header is not None:
-                    raise CommandError("a second stream header", args.input)
+                    raise CommandError("a second stream header", path)
                 try:
                     check_codec(msg.codec, msg.codec_version)
                 except CodecError as e:
-                    raise CommandError(str(e), args.input) from e
+                    raise CommandError(str(e), path) from e
                 header = msg
-                args.output.mkdir(parents=True, exist_ok=True)
-                bar = tqdm(total=msg.frame_count, unit="frame", file=sys.stderr)
             elif header is None:
-                raise CommandError(f"the stream does not start with a header ({type(msg).__name__} first)",
-                                   args.input)
+                raise CommandError(f"the stream does not start with a header ({type(msg).__name__} first)", path)
             elif isinstance(msg, FrameMessage):
-                if bar is None:  # made with the header, which came before this frame
-                    raise RuntimeError("no progress bar after the stream header")
-                frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
-                write_ply(frame, args.output / frame_name(msg.index))
+                yield header, msg, size, decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
                 frames += 1
-                bar.update()
             elif isinstance(msg, ErrorMessage):
-                raise CommandError(f"the stream stopped with error {msg.code}: {msg.message}", args.input)
+                raise CommandError(f"the stream stopped with error {msg.code}: {msg.message}", path)
             elif isinstance(msg, EndOfStream) and msg.frame_count != frames:
-                raise CommandError(f"end message counts {msg.frame_count} frames, the stream had {frames}",
-                                   args.input)
+                raise CommandError(f"end message counts {msg.frame_count} frames, the stream had {frames}", path)
             last = msg
     except (ProtocolError, CodecError) as e:
-        raise _stream_error(args.input, last, e) from e
+        raise _stream_error(path, last, e) from e
+
+
+def decode(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from splatcast.codec import write_ply
+
+    frames, bar = 0, None
+    try:
+        for header, msg, _, frame in decoded_stream(args.input):
+            if bar is None:
+                args.output.mkdir(parents=True, exist_ok=True)
+                bar = tqdm(total=header.frame_count, unit="frame", file=sys.stderr)
+            write_ply(frame, args.output / frame_name(msg.index))
+            frames += 1
+            bar.update()
     finally:
         if bar is not None:
             bar.close()
+    args.output.mkdir(parents=True, exist_ok=True)
     print(f"{frames} frames written to {args.output}")
     return 0
 
