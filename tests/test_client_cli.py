@@ -44,6 +44,13 @@ def test_upload_resume_and_watch_with_ply_output(server, frames_dir, tmp_path, c
     assert [p.name for p in written] == [f"frame_{i:05d}.ply" for i in range(4)]
     assert read_ply(written[3]).num_gaussians == 3000
 
+    assert main(["watch", "torus", "--server", server.url, "--from", "3"]) == 0  # seek: keyframe 2, then 3
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["2", "3"] and lines[-1].startswith("2 frames decoded")
+    with pytest.raises(SystemExit) as usage:
+        main(["watch", "torus", "--server", server.url, "--from", "-1"])
+    assert usage.value.code == 2 and "expected latest, start or a frame index" in capsys.readouterr().err
+
     assert main(["watch", "nope", "--server", server.url]) == 1
     assert capsys.readouterr().err.startswith("splatcast watch: error: HTTP 404: ")
 

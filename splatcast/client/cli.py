@@ -34,8 +34,8 @@ def register(subparsers) -> None:
     w.add_argument("seq_id", metavar="ID")
     w.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8000")
     w.add_argument("--out", help="write each decoded frame as OUT/frame_NNNNN.ply")
-    w.add_argument("--from", dest="start", choices=("latest", "start"), default="latest",
-                   help="start at the latest keyframe (default) or at frame 0")
+    w.add_argument("--from", dest="start", type=_start, default="latest", metavar="latest|start|N",
+                   help="start at the latest keyframe (default), at frame 0, or at the keyframe at or before frame N")
     w.add_argument("--realtime", action="store_true", help="ask the server to pace the replay at the fps")
     w.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the sequence to appear")
     w.add_argument("--token", default=os.environ.get("SPLATCAST_TOKEN"), help=token_help)
@@ -132,7 +132,8 @@ def watch(args: argparse.Namespace) -> int:
                     await asyncio.sleep(0.5)
             t0, count, nbytes, decode_ms, skipped, last = time.perf_counter(), 0, 0, 0.0, 0, None
             print(f"{'frame':>6} {'type':<10} {'gaussians':>9} {'kbytes':>8} {'decode ms':>9} {'at s':>8}")
-            async for f in client.subscribe(args.seq_id, from_start=args.start == "start", realtime=args.realtime):
+            async for f in client.subscribe(args.seq_id, from_start=args.start == "start", realtime=args.realtime,
+                                            from_index=args.start if isinstance(args.start, int) else None):
                 if last is not None and f.index != last + 1:
                     skipped += f.index - last - 1
                 last = f.index
@@ -147,3 +148,12 @@ def watch(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _start(value: str) -> str | int:
+    """``--from``: "latest", "start" or a frame index >= 0."""
+    if value in ("latest", "start"):
+        return value
+    if value.isascii() and value.isdigit():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected latest, start or a frame index, got {value!r}")
