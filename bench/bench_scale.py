@@ -43,7 +43,7 @@ from splatcast.client.api import SplatcastClient, ply_files
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
-from bench_server import SHARED, latency_ms, make_data, percentile  # noqa: E402
+from bench_server import SHARED, latency_ms, make_data, percentile, watched_upload  # noqa: E402
 from services import RedisServer, S3Server, aws_env  # noqa: E402
 
 
@@ -79,19 +79,7 @@ def stop(*procs: subprocess.Popen) -> None:
 
 async def cross_latency(up_url: str, watch_url: str, plys: list[bytes], fps: float) -> list[float]:
     """Upload-to-decode latencies (ms) of a live upload through up_url watched through watch_url."""
-    async with SplatcastClient(up_url) as up, SplatcastClient(watch_url) as watcher:
-        sid = (await up.create(f"lat-{uuid.uuid4().hex[:6]}", fps)).id
-        received = []
-
-        async def watch():
-            async for f in watcher.subscribe(sid, from_start=True):
-                received.append(f)
-
-        task = asyncio.create_task(watch())
-        await asyncio.sleep(0.5)
-        ups = await up.upload_frames(sid, plys, fps=fps)
-        await up.finish(sid)
-        await asyncio.wait_for(task, 300)
+    _, ups, received = await watched_upload(up_url, f"lat-{uuid.uuid4().hex[:6]}", plys, fps, watch_url)
     sent = {u.index: u for u in ups}
     assert [f.index for f in received] == list(range(len(plys))), "frames missing"
     return [latency_ms(sent[f.index], f) for f in received]

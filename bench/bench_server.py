@@ -81,15 +81,17 @@ def percentile(values: list[float], q: float) -> float:
     return sorted(values)[int(q * (len(values) - 1))]
 
 
-async def watched_upload(url: str, name: str, plys: list[bytes], fps: float) -> tuple[str, list, list]:
-    """Create a sequence with one subscriber decoding every frame on arrival, upload the PLYs
-    live at up to fps, finish; return (id, the client's Uploaded list, its ReceivedFrame list)."""
-    async with SplatcastClient(url) as client:
+async def watched_upload(url: str, name: str, plys: list[bytes], fps: float,
+                         watch_url: str | None = None) -> tuple[str, list, list]:
+    """Create a sequence with one subscriber (through ``watch_url``, default ``url``) decoding every
+    frame on arrival, upload the PLYs live at up to fps, finish; return (id, the client's Uploaded
+    list, its ReceivedFrame list)."""
+    async with SplatcastClient(url) as client, SplatcastClient(watch_url or url) as watcher:
         sid = (await client.create(name, fps)).id
         received = []
 
         async def watch():
-            async for f in client.subscribe(sid, from_start=True):
+            async for f in watcher.subscribe(sid, from_start=True):
                 received.append(f)
 
         watcher = asyncio.create_task(watch())

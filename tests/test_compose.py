@@ -111,46 +111,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def service_env(service: str, **overrides) -> dict:
+    """The environment of a compose service as a local process: ours, the venv's bin first on PATH,
+    the service's `environment` and ``overrides`` on top."""
+    bin_dir = str(Path(sys.executable).parent)  # the venv's `splatcast` and `python`
+    merged = {**compose()["services"][service].get("environment", {}), **overrides}
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            **{k: str(v) for k, v in merged.items()}}
+
+
+def shell(command: list[str]) -> list[str]:
+    """A compose command as run: compose turns $$ into a literal $."""
+    return [c.replace("$$", "$") for c in command]
+
+
+def produce_and_watch(producer: str, viewer: str, url: str, tmp_path: Path) -> None:
+    """Run the producer and viewer services' commands against ``url`` (6 frames): the producer
+    uploads and finishes the demo sequence, the viewer decodes all of it."""
+    services = compose()["services"]
+    producer_cmd = [c.replace("/tmp/demo-seq", str(tmp_path / "seq")) for c in shell(services[producer]["command"])]
+    watching = subprocess.Popen(shell(services[viewer]["command"]), env=service_env(viewer, SERVER=url),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        produced = subprocess.run(producer_cmd, env=service_env(producer, SERVER=url, FRAMES=6),
+                                  capture_output=True, text=True, timeout=180)
+        assert produced.returncode == 0, produced.stderr
+        assert "sequence demo (finished): 6 frames" in produced.stdout
+        out, _ = watching.communicate(timeout=120)
+        assert watching.returncode == 0, out
+        assert "6 frames decoded, 0 skipped" in out
+    finally:
+        if watching.poll() is None:
+            watching.terminate()
+            watching.wait(timeout=30)
+
+
 def test_compose_commands_run_outside_docker(tmp_path):
     services = compose()["services"]
     port = free_port()
-    bin_dir = str(Path(sys.executable).parent)  # the venv's `splatcast` and `python`
-    base = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-
-    def env(service: str, **overrides) -> dict:
-        merged = {**services[service].get("environment", {}), **overrides}
-        return {**base, **{k: str(v) for k, v in merged.items()}}
-
-    def shell(command: list[str]) -> list[str]:  # compose turns $$ into a literal $
-        return [c.replace("$$", "$") for c in command]
-
-    server_env = env("server", SPLATCAST_HOST="127.0.0.1", SPLATCAST_PORT=port, SPLATCAST_DATA_DIR=tmp_path / "data")
+    server_env = service_env("server", SPLATCAST_HOST="127.0.0.1", SPLATCAST_PORT=port,
+                             SPLATCAST_DATA_DIR=tmp_path / "data")
     server = subprocess.Popen(services["server"]["command"], env=server_env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    viewer = None
     try:
         health = dockerfile_healthcheck()
         deadline = time.monotonic() + 60
         while subprocess.run(health, env=server_env, capture_output=True).returncode != 0:
             assert server.poll() is None and time.monotonic() < deadline, "server never became healthy"
             time.sleep(0.5)
-        url = f"http://127.0.0.1:{port}"
-        seq_dir = tmp_path / "seq"
-        producer_cmd = [c.replace("/tmp/demo-seq", str(seq_dir)) for c in shell(services["producer"]["command"])]
-        viewer = subprocess.Popen(shell(services["viewer"]["command"]), env=env("viewer", SERVER=url),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        producer = subprocess.run(producer_cmd, env=env("producer", SERVER=url, FRAMES=6), capture_output=True,
-                                  text=True, timeout=180)
-        assert producer.returncode == 0, producer.stderr
-        assert "sequence demo (finished): 6 frames" in producer.stdout
-        out, _ = viewer.communicate(timeout=120)
-        assert viewer.returncode == 0, out
-        assert "6 frames decoded, 0 skipped" in out
+        produce_and_watch("producer", "viewer", f"http://127.0.0.1:{port}", tmp_path)
     finally:
-        for proc in (viewer, server):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def test_compose_scale_commands_run_outside_docker(redis_server, weed_server, tmp_path):
@@ -162,27 +175,16 @@ def test_compose_scale_commands_run_outside_docker(redis_server, weed_server, tm
     if nginx is None:
         pytest.skip("nginx not installed (apt-get install -y nginx-light; scripts/install.sh)")
     services = compose()["services"]
-    bin_dir = str(Path(sys.executable).parent)
-    base = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-
-    def env(service: str, **overrides) -> dict:
-        merged = {**services[service].get("environment", {}), **overrides}
-        return {**base, **{k: str(v) for k, v in merged.items()}}
-
-    def shell(command: list[str]) -> list[str]:
-        return [c.replace("$$", "$") for c in command]
-
     bucket = f"compose{int(time.time() * 1000)}"
     ports = {name: free_port() for name in ("replica1", "replica2", "nginx")}
     procs: list[subprocess.Popen] = []
-    viewer = None
     try:
         for name in ("replica1", "replica2"):
             url = f"http://127.0.0.1:{ports[name]}"
-            replica_env = env(name, SPLATCAST_HOST="127.0.0.1", SPLATCAST_PORT=ports[name],
-                              SPLATCAST_REDIS_URL=redis_server.url, SPLATCAST_S3_URL=weed_server.url,
-                              SPLATCAST_S3_BUCKET=bucket, SPLATCAST_ADVERTISE_URL=url,
-                              SPLATCAST_DATA_DIR=tmp_path / name, **aws_env())  # weed's credentials here
+            replica_env = service_env(name, SPLATCAST_HOST="127.0.0.1", SPLATCAST_PORT=ports[name],
+                                      SPLATCAST_REDIS_URL=redis_server.url, SPLATCAST_S3_URL=weed_server.url,
+                                      SPLATCAST_S3_BUCKET=bucket, SPLATCAST_ADVERTISE_URL=url,
+                                      SPLATCAST_DATA_DIR=tmp_path / name, **aws_env())  # weed's credentials here
             procs.append(subprocess.Popen(services[name]["command"], env=replica_env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))
             health = dockerfile_healthcheck()
@@ -206,20 +208,9 @@ def test_compose_scale_commands_run_outside_docker(redis_server, weed_server, tm
         while subprocess.run(probe, capture_output=True).returncode != 0:
             assert procs[-1].poll() is None and time.monotonic() < deadline, "nginx did not start"
             time.sleep(0.2)
-        seq_dir = tmp_path / "seq"
-        producer_cmd = [c.replace("/tmp/demo-seq", str(seq_dir))
-                        for c in shell(services["scale-producer"]["command"])]
-        viewer = subprocess.Popen(shell(services["scale-viewer"]["command"]), env=env("scale-viewer", SERVER=front),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        producer = subprocess.run(producer_cmd, env=env("scale-producer", SERVER=front, FRAMES=6),
-                                  capture_output=True, text=True, timeout=180)
-        assert producer.returncode == 0, producer.stderr
-        assert "sequence demo (finished): 6 frames" in producer.stdout
-        out, _ = viewer.communicate(timeout=120)
-        assert viewer.returncode == 0, out
-        assert "6 frames decoded, 0 skipped" in out
+        produce_and_watch("scale-producer", "scale-viewer", front, tmp_path)
     finally:
-        for proc in [viewer, *procs]:
-            if proc is not None and proc.poll() is None:
+        for proc in procs:
+            if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)

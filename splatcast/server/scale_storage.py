@@ -43,7 +43,7 @@ import redis
 
 from splatcast.server.errors import StorageError, Unavailable
 from splatcast.server.objects import Bucket
-from splatcast.server.storage import FrameRecord, SequenceInfo
+from splatcast.server.storage import FrameRecord, SequenceInfo, info_for_append
 
 log = logging.getLogger("splatcast.server")
 PREFIX = "splatcast:"
@@ -243,11 +243,7 @@ class ScaleStorage:
 
     def append(self, seq_id: str, record: FrameRecord, message: bytes, header: bytes | None = None,
                sh_degree: int | None = None, fence: str | None = None) -> FrameRecord:
-        info = self.get(seq_id)
-        if info is None:
-            raise KeyError(seq_id)
-        if header is not None and (info.frame_count or info.header_bytes):
-            raise ValueError("the header is written with frame 0 only")
+        info = info_for_append(self, seq_id, header)
         epoch = fence.split("|", 1)[0] if fence else "0"
         if header is not None:
             self.bucket.put_new(_seg(seq_id, "header"), header)  # same bytes whoever writes it first

@@ -249,11 +249,7 @@ class SqliteStorage:
 
     def append(self, seq_id: str, record: FrameRecord, message: bytes, header: bytes | None = None,
                sh_degree: int | None = None, fence: str | None = None) -> FrameRecord:
-        info = self.get(seq_id)
-        if info is None:
-            raise KeyError(seq_id)
-        if header is not None and (info.frame_count or info.header_bytes):
-            raise ValueError("the header is written with frame 0 only")
+        info = info_for_append(self, seq_id, header)
         prefix = header or b""
         offset = info.header_bytes + info.frame_bytes  # 0 when the header comes with frame 0
         record.offset, record.length = offset + len(prefix), len(message)
@@ -288,6 +284,17 @@ class SqliteStorage:
         if len(data) != length:
             raise StorageError(f"the stream file of {seq_id} is shorter than its index ({offset}+{length})")
         return data
+
+
+def info_for_append(storage: Storage, seq_id: str, header: bytes | None) -> SequenceInfo:
+    """The info of the sequence an append goes to: ``KeyError`` if there is none, ``ValueError``
+    for a header anywhere but with frame 0 (shared by the ``Storage`` implementations)."""
+    info = storage.get(seq_id)
+    if info is None:
+        raise KeyError(seq_id)
+    if header is not None and (info.frame_count or info.header_bytes):
+        raise ValueError("the header is written with frame 0 only")
+    return info
 
 
 def _fsync_dir(path: Path) -> None:
