@@ -79,6 +79,9 @@ class CodecConfig:
     - ``tolerance``: interframe dead zone in steps: a Gaussian's position is resent when its
       error would exceed ``(tolerance + 0.5) * step``, in moves of ``2 * tolerance + 1`` steps.
       None (default): 0, the keyframe's bound step/2 (a flat GOP).
+    - ``step_scale``: multiplies every step of the preset (the position ``alpha`` included;
+      an explicit ``step`` is not scaled), 0.01..100, default 1; >1 coarser: fewer bytes,
+      lower quality. A continuous knob between and beyond the presets (rate control turns it).
     - ``seed``: k-means seed (same seed, same input, same device -> same bytes).
     - ``device``: "auto" (CUDA when available), "cpu" or "cuda" for k-means and assignment.
     """
@@ -89,6 +92,7 @@ class CodecConfig:
     alpha: float | None = None
     step: float | None = None
     tolerance: int | None = None
+    step_scale: float = 1.0
     seed: int = 0
     device: str = "auto"
 
@@ -109,6 +113,8 @@ class CodecConfig:
         if self.tolerance is not None and (not _is_int(self.tolerance)
                                            or not 0 <= self.tolerance <= 1000):
             bad(f"tolerance must be None or an int in 0..1000, got {self.tolerance!r}")
+        if not _is_number(self.step_scale) or not 0.01 <= self.step_scale <= 100:
+            bad(f"step_scale must be a number in 0.01..100, got {self.step_scale!r}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
             bad(f"seed must be a non-negative int, got {self.seed!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -116,9 +122,12 @@ class CodecConfig:
 
     @property
     def steps(self) -> Quality:
-        """The preset's steps, with ``alpha`` overridden when set."""
+        """The preset's steps, with ``alpha`` overridden when set, times ``step_scale``."""
         q = QUALITIES[self.quality]
-        return q if self.alpha is None else replace(q, alpha=self.alpha)
+        q = q if self.alpha is None else replace(q, alpha=self.alpha)
+        if self.step_scale == 1:
+            return q
+        return Quality(**{f.name: getattr(q, f.name) * self.step_scale for f in fields(Quality)})
 
     def to_dict(self) -> dict:
         """JSON/msgpack-safe dict of all fields (None where derived)."""

@@ -16,7 +16,7 @@ class CreateSequence(BaseModel):
     name: str = Field("", max_length=200, description="Free text shown to viewers.")
     fps: float = Field(30.0, gt=0, le=1000, allow_inf_nan=False, description="Frames per second (pts = index / fps).")
     codec: dict[str, Any] = Field(default_factory=dict,
-                                  description="CodecConfig fields: gop, codebook_size, alpha, step, tolerance, seed "
+                                  description="CodecConfig fields: gop, quality, codebook_size, alpha, step, tolerance, step_scale, seed "
                                               "(docs/CODEC.md); the server's codec_defaults fill the rest.")
     id: str | None = Field(None, pattern=ID_PATTERN, description="Choose the id (409 if taken); default: random.")
 
