@@ -3,8 +3,9 @@
 Runs ``splatcast serve`` in a subprocess (so the benchmark's clients do not share its GIL) and:
 
 1. uploads real sequences paced at their fps, with one subscriber decoding every frame on
-   arrival, and prints per frame: type, size, server encode ms, decode ms and the latency
-   from the start of the upload to the end of the decode (targets: <= 100 ms for loot
+   arrival, and prints per frame: type, size, server encode ms, the PUT's answer time, when the
+   frame's message arrived at the subscriber and its decode ms (both from the start of the
+   upload), and the latency from the start of the upload to the end of the decode (targets: <= 100 ms for loot
    interframes, about 48k Gaussians; <= 400 ms for the 250k playbot sequence), and how fast
    ``/healthz`` answers meanwhile (encoding runs off the event loop);
 2. replays the stored loot sequence to N concurrent subscribers paced by the server at 30 fps
@@ -168,7 +169,7 @@ async def latency_run(url: str, name: str, directory: Path, fps: float, encode_d
     print(f"\n== {name}: {len(plys)} frames {how}uploaded at up to {fps:g} fps, one subscriber decoding on arrival")
     print(f"{'frame':>5} {'type':<10} {'gaussians':>9} {'kbytes':>7} {'prod. enc ms':>12} "
           f"{'server ' + ('check' if encode_device else 'encode') + ' ms':>17} {'answer ms':>9} "
-          f"{'decode ms':>9} {'upload->decode ms':>17}")
+          f"{'arrived ms':>10} {'decode ms':>9} {'upload->decode ms':>17}")
     rows = []
     for f in received:
         u = sent[f.index]
@@ -176,8 +177,8 @@ async def latency_run(url: str, name: str, directory: Path, fps: float, encode_d
         producer_ms = u.producer_encode_ms or 0.0
         rows.append((f.frame_type, u.frame.encode_ms, f.decode_ms, lat, producer_ms))
         print(f"{f.index:>5} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>7.1f} {producer_ms:>12.1f} "
-              f"{u.frame.encode_ms:>17.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} {f.decode_ms:>9.1f} "
-              f"{lat:>17.1f}")
+              f"{u.frame.encode_ms:>17.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} "
+              f"{(f.arrived_at - u.sent_at) * 1000:>10.1f} {f.decode_ms:>9.1f} {lat:>17.1f}")
     for kind in ("keyframe", "non-keyframe", "all frame"):
         sel = [r for r in rows if kind == "all frame" or (r[0] == "keyframe") == (kind == "keyframe")]
         if sel:
