@@ -65,8 +65,9 @@ class SequenceOut(BaseModel):
     frames: int = Field(description="Frames stored.")
     keyframes: int = Field(description="Keyframes among them.")
     stream_bytes: int = Field(description="Committed size of the .splatcast stream.")
-    raw_bytes: int = Field(description="Total size of the uploaded PLYs.")
-    ratio: float | None = Field(description="raw_bytes / encoded frame bytes; null before frame 0.")
+    raw_bytes: int = Field(description="Total size of the uploaded bodies (PLYs, or the producer's encoded frames).")
+    ratio: float | None = Field(description="raw_bytes / encoded frame bytes; null before frame 0 and when the "
+                                            "producer encodes.")
     encode_ms_mean: float | None = Field(description="Mean encode time per frame, milliseconds; null before frame 0.")
     subscribers: int = Field(description="Live WebSocket subscribers now.")
     codec: dict[str, Any] = Field(description="The CodecConfig fixed at creation.")
@@ -78,7 +79,8 @@ class SequenceOut(BaseModel):
             id=info.id, name=info.name, fps=info.fps, status="finished" if info.finished else "open",
             created_at=info.created_at, sh_degree=info.sh_degree, frames=info.frame_count,
             keyframes=len(info.keyframes), stream_bytes=info.stream_bytes, raw_bytes=info.raw_bytes,
-            ratio=round(info.raw_bytes / info.frame_bytes, 3) if info.frame_bytes else None,
+            ratio=(round(info.raw_bytes / info.frame_bytes, 3) if info.frame_bytes and info.encoding == "server"
+                   else None),
             encode_ms_mean=round(info.encode_ms / info.frame_count, 3) if info.frame_count else None,
             subscribers=subscribers, codec=info.codec, encoding=info.encoding)  # type: ignore[arg-type]
 
