@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import socket
 import statistics
@@ -52,6 +53,8 @@ import httpx
 from websockets.asyncio.client import connect
 
 from splatcast.client.api import FrameProducer, Sequence, SplatcastClient, Uploaded, ply_files
+from splatcast.codec import FrameDecoder
+from splatcast.protocol import FrameMessage, read_stream_sized
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
@@ -190,7 +193,28 @@ async def latency_run(url: str, name: str, directory: Path, fps: float, encode_d
                   f"{statistics.median(r[3] for r in sel):.0f} ms, max {max(r[3] for r in sel):.0f} ms")
     print(f"{name}: GET /healthz during the uploads ({len(health_ms)} probes): median "
           f"{statistics.median(health_ms):.1f} ms, max {max(health_ms):.1f} ms")
+    async with SplatcastClient(url) as client:
+        cpu = decode_cpu_ms(await client.download(sid))
+    for kind in ("keyframe", "non-keyframe"):
+        sel = [ms for t, ms in cpu if (t == "keyframe") == (kind == "keyframe")]
+        if sel:
+            print(f"{name} {kind}s: CPU time to parse and decode one (a subscriber's decode; with --encode also "
+                  f"the server's check), median {statistics.median(sel):.1f} ms")
     return sid
+
+
+def decode_cpu_ms(stream: bytes) -> list[tuple[str, float]]:
+    """(frame type, CPU ms) of parsing and decoding each frame of a stream in this process:
+    ``time.process_time``, which other processes on a busy machine do not inflate."""
+    decoder, out, messages = FrameDecoder(), [], read_stream_sized(io.BytesIO(stream))
+    while True:
+        t0 = time.process_time()
+        msg, _ = next(messages, (None, 0))
+        if msg is None:
+            return out
+        if isinstance(msg, FrameMessage):
+            decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
+            out.append((msg.frame_type, (time.process_time() - t0) * 1000))
 
 
 async def fanout(url: str, sid: str, n: int, frames: int, fps: float, late_ms: float) -> tuple[int, float]:
