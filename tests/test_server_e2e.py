@@ -428,7 +428,12 @@ def test_producer_encoded_upload_is_checked_stored_as_sent_and_survives_a_restar
                     (3, bodies[4], 409, "different content")]:
                 await _refused(client, sid, index, body, status, text)
             assert (await client.upload_encoded(sid, 3, bodies[3])).status == 200  # safe retry
-            ups = [await client.upload_encoded(sid, i, bodies[i]) for i in range(5, 8)]
+            ups = [await client.upload_encoded(sid, 5, bodies[5])]
+            sh1 = read_ply(plys[6])  # the same frame with SH degree 1: a keyframe the codec takes, not this sequence
+            sh1 = replace(sh1, shN=torch.zeros(sh1.num_gaussians, 3, 3))
+            sh1_key = StreamDecoder().feed(FrameProducer(seq, device="cpu").encode(0, sh1)[0])[1]
+            await _refused(client, sid, 6, _message(replace(sh1_key, index=6, pts=6 / 30)), 422, "SH degree 1")
+            ups += [await client.upload_encoded(sid, i, bodies[i]) for i in range(6, 8)]  # usable as before
             assert [u.frame.frame_type for u in ups][0] == "keyframe"
             await asyncio.wait_for(watcher, 60)
             other = await client.create("server-encoded")

@@ -319,7 +319,8 @@ class Sequences:
         it with the sequence's decoder (which refuses an intra or interframe before any keyframe
         and any payload inconsistent with itself or its Gaussian count) and checks its SH degree.
         Refusals: ``BadRequest`` (malformed), ``TooLarge`` (a protocol limit), ``Invalid`` (the
-        codec or the sequence's settings refuse it); the decoder is unchanged by a refused frame.
+        codec or the sequence's settings refuse it); the decoder is unchanged by a refused frame
+        (a keyframe is decoded by a fresh one, as it needs no earlier state).
         """
         received_at = time.time()
         t0 = time.perf_counter()
@@ -349,15 +350,21 @@ class Sequences:
                 and index - info.keyframes[-1] >= gop):
             raise Invalid(f"frame {index} must be a keyframe: the sequence's GOP is {gop} frames and the last "
                           f"keyframe is frame {info.keyframes[-1]}")
-        decoder = self._decoders.pop(info.id, None) or self._rebuild_decoder(info)
+        previous = self._decoders.pop(info.id, None)
+        keyframe = msg.frame_type == "keyframe"  # needs no earlier state: a fresh decoder, the previous one kept
+        decoder = FrameDecoder() if keyframe else previous or self._rebuild_decoder(info)
+        sh_degree = header.sh_degree if header is not None else info.sh_degree
         try:
             frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
+            error = None if frame.sh_degree == sh_degree else \
+                f"frame {index} has SH degree {frame.sh_degree}, the sequence has {sh_degree}"
         except CodecError as e:
-            self._decoders[info.id] = decoder  # unchanged by a refused frame
-            raise Invalid(f"frame {index} does not decode: {e}") from None
-        sh_degree = header.sh_degree if header is not None else info.sh_degree
-        if frame.sh_degree != sh_degree:  # the decoder is past this frame: rebuilt for the next
-            raise Invalid(f"frame {index} has SH degree {frame.sh_degree}, the sequence has {sh_degree}")
+            error = f"frame {index} does not decode: {e}"
+        if error is not None:
+            kept = previous if keyframe else decoder  # neither was changed by the refused frame
+            if kept is not None:
+                self._decoders[info.id] = kept
+            raise Invalid(error)
         check_ms = (time.perf_counter() - t0) * 1000
         self.metrics.check_seconds.labels(msg.frame_type).observe(check_ms / 1000)
         view = memoryview(body)
