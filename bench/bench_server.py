@@ -3,8 +3,9 @@
 Runs ``splatcast serve`` in a subprocess (so the benchmark's clients do not share its GIL) and:
 
 1. uploads real sequences paced at their fps, with one subscriber decoding every frame on
-   arrival, and prints per frame: type, size, server encode ms, decode ms and the latency
-   from the start of the upload to the end of the decode (targets: <= 100 ms for loot
+   arrival, and prints per frame: type, size, server encode ms, the PUT's answer time, when the
+   frame's message arrived at the subscriber and its decode ms (both from the start of the
+   upload), and the latency from the start of the upload to the end of the decode (targets: <= 100 ms for loot
    interframes, about 48k Gaussians; <= 400 ms for the 250k playbot sequence), and how fast
    ``/healthz`` answers meanwhile (encoding runs off the event loop);
 2. replays the stored loot sequence to N concurrent subscribers paced by the server at 30 fps
@@ -17,17 +18,28 @@ Runs ``splatcast serve`` in a subprocess (so the benchmark's clients do not shar
    threads are shared) and prints, per sequence, the upload-to-decode latency (median, p90,
    max) and the frames per second it got from the first upload to the last decode.
 
+With ``--encode`` the latency runs (1.) use producer-side encoding: the benchmark encodes every
+frame first, as a producer would on its own machine (``FrameProducer``, ``--device``; the encode
+time of each frame is printed apart), then uploads the encoded frames live to a sequence created
+with ``encoding="producer"``; the server checks each by decoding it, stores and relays it. The
+upload-to-decode latency then runs from the start of the encoded frame's PUT to the end of the
+subscriber's decode (target: median <= 100 ms for the 250k playbot sequence). Encoding first keeps
+the producer's encoder off the two cores the server and the subscriber share here.
+``--latency-only`` skips 2.-4.
+
 Data comes from ``../shared`` (or ``$SPLATCAST_SHARED``) through its tools, into a temporary
 directory. Figures taken while other work runs on the machine are noisy.
 
     .venv/bin/python bench/bench_server.py [--loot-frames 60] [--playbot-frames 8]
                                            [--subscribers 10,25,50,100] [--concurrent 4]
+                                           [--encode [--device auto]] [--latency-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import socket
 import statistics
@@ -40,7 +52,9 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect
 
-from splatcast.client.api import SplatcastClient, ply_files
+from splatcast.client.api import FrameProducer, Sequence, SplatcastClient, Uploaded, ply_files
+from splatcast.codec import FrameDecoder
+from splatcast.protocol import FrameMessage, read_stream_sized
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
@@ -81,24 +95,53 @@ def percentile(values: list[float], q: float) -> float:
     return sorted(values)[int(q * (len(values) - 1))]
 
 
+def encode_all(seq: Sequence, plys: list[bytes], device: str) -> list[tuple[bytes, float]]:
+    """Producer-side encoding of every frame: (upload body, encode ms) each."""
+    producer, out = FrameProducer(seq, device), []
+    for i, ply in enumerate(plys):
+        t0 = time.perf_counter()
+        body, _ = producer.encode(i, ply)
+        out.append((body, (time.perf_counter() - t0) * 1000))
+    return out
+
+
+async def upload_encoded(client: SplatcastClient, sid: str, encoded: list[tuple[bytes, float]],
+                         fps: float) -> list[Uploaded]:
+    """Upload encoded frames live at up to fps, one at a time (as ``upload_frames`` does PLYs)."""
+    ups, t0 = [], time.perf_counter()
+    for i, (body, encode_ms) in enumerate(encoded):
+        await asyncio.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+        ups.append(await client.upload_encoded(sid, i, body))
+        ups[-1].producer_encode_ms = encode_ms
+    return ups
+
+
 async def watched_upload(url: str, name: str, plys: list[bytes], fps: float,
-                         watch_url: str | None = None) -> tuple[str, list, list]:
+                         watch_url: str | None = None, encode_device: str | None = None) -> tuple[str, list, list]:
     """Create a sequence with one subscriber (through ``watch_url``, default ``url``) decoding every
     frame on arrival, upload the PLYs live at up to fps, finish; return (id, the client's Uploaded
-    list, its ReceivedFrame list)."""
+    list, its ReceivedFrame list). With ``encode_device``: encode every frame first on that device
+    (a producer-encoded sequence), then upload the encoded frames live."""
     async with SplatcastClient(url) as client, SplatcastClient(watch_url or url) as watcher:
-        sid = (await client.create(name, fps)).id
+        if encode_device is None:
+            sid = (await client.create(name, fps)).id
+        else:
+            seq = await client.create(name, fps, encoding="producer")
+            sid, encoded = seq.id, await asyncio.to_thread(encode_all, seq, plys, encode_device)
         received = []
 
         async def watch():
             async for f in watcher.subscribe(sid, from_start=True):
                 received.append(f)
 
-        watcher = asyncio.create_task(watch())
+        watching = asyncio.create_task(watch())
         await asyncio.sleep(0.3)
-        ups = await client.upload_frames(sid, plys, fps=fps)
+        if encode_device is None:
+            ups = await client.upload_frames(sid, plys, fps=fps)
+        else:
+            ups = await upload_encoded(client, sid, encoded, fps)
         await client.finish(sid)
-        await asyncio.wait_for(watcher, 300)
+        await asyncio.wait_for(watching, 300)
     return sid, ups, received
 
 
@@ -107,8 +150,9 @@ def latency_ms(upload, frame) -> float:
     return (frame.decoded_at - upload.sent_at) * 1000
 
 
-async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
-    """Upload live at fps with one decoding subscriber; print the per-frame table; return the id."""
+async def latency_run(url: str, name: str, directory: Path, fps: float, encode_device: str | None = None) -> str:
+    """Upload live at fps with one decoding subscriber (``encode_device``: producer-side encoding,
+    see ``watched_upload``); print the per-frame table; return the id."""
     plys = [p.read_bytes() for p in ply_files(directory)]
 
     async def probe():  # is the server responsive while it encodes?
@@ -121,29 +165,56 @@ async def latency_run(url: str, name: str, directory: Path, fps: float) -> str:
 
     health_ms: list[float] = []
     prober = asyncio.create_task(probe())
-    sid, ups, received = await watched_upload(url, name, plys, fps)
+    sid, ups, received = await watched_upload(url, name, plys, fps, encode_device=encode_device)
     prober.cancel()
     sent = {u.index: u for u in ups}
-    print(f"\n== {name}: {len(plys)} frames uploaded at up to {fps:g} fps, one subscriber decoding on arrival")
-    print(f"{'frame':>5} {'type':<10} {'gaussians':>9} {'kbytes':>7} {'encode ms':>9} {'answer ms':>9} "
-          f"{'decode ms':>9} {'upload->decode ms':>17}")
+    how = f"encoded by the producer ({encode_device}) and " if encode_device else ""
+    print(f"\n== {name}: {len(plys)} frames {how}uploaded at up to {fps:g} fps, one subscriber decoding on arrival")
+    print(f"{'frame':>5} {'type':<10} {'gaussians':>9} {'kbytes':>7} {'prod. enc ms':>12} "
+          f"{'server ' + ('check' if encode_device else 'encode') + ' ms':>17} {'answer ms':>9} "
+          f"{'arrived ms':>10} {'decode ms':>9} {'upload->decode ms':>17}")
     rows = []
     for f in received:
         u = sent[f.index]
         lat = latency_ms(u, f)
-        rows.append((f.frame_type, u.frame.encode_ms, f.decode_ms, lat))
-        print(f"{f.index:>5} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>7.1f} "
-              f"{u.frame.encode_ms:>9.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} {f.decode_ms:>9.1f} "
-              f"{lat:>17.1f}")
-    for kind in ("keyframe", "non-keyframe"):
-        sel = [r for r in rows if (r[0] == "keyframe") == (kind == "keyframe")]
+        producer_ms = u.producer_encode_ms or 0.0
+        rows.append((f.frame_type, u.frame.encode_ms, f.decode_ms, lat, producer_ms))
+        print(f"{f.index:>5} {f.frame_type:<10} {f.num_gaussians:>9} {f.nbytes / 1024:>7.1f} {producer_ms:>12.1f} "
+              f"{u.frame.encode_ms:>17.1f} {(u.answered_at - u.sent_at) * 1000:>9.1f} "
+              f"{(f.arrived_at - u.sent_at) * 1000:>10.1f} {f.decode_ms:>9.1f} {lat:>17.1f}")
+    for kind in ("keyframe", "non-keyframe", "all frame"):
+        sel = [r for r in rows if kind == "all frame" or (r[0] == "keyframe") == (kind == "keyframe")]
         if sel:
-            print(f"{name} {kind}s ({len(sel)}): encode median {statistics.median(r[1] for r in sel):.0f} ms, "
-                  f"decode median {statistics.median(r[2] for r in sel):.1f} ms, upload->decode median "
+            producer = f"producer encode median {statistics.median(r[4] for r in sel):.0f} ms, " if encode_device \
+                else ""
+            print(f"{name} {kind}s ({len(sel)}): {producer}server {'check' if encode_device else 'encode'} median "
+                  f"{statistics.median(r[1] for r in sel):.0f} ms, decode median "
+                  f"{statistics.median(r[2] for r in sel):.1f} ms, upload->decode median "
                   f"{statistics.median(r[3] for r in sel):.0f} ms, max {max(r[3] for r in sel):.0f} ms")
     print(f"{name}: GET /healthz during the uploads ({len(health_ms)} probes): median "
           f"{statistics.median(health_ms):.1f} ms, max {max(health_ms):.1f} ms")
+    async with SplatcastClient(url) as client:
+        cpu = decode_cpu_ms(await client.download(sid))
+    for kind in ("keyframe", "non-keyframe"):
+        sel = [ms for t, ms in cpu if (t == "keyframe") == (kind == "keyframe")]
+        if sel:
+            print(f"{name} {kind}s: CPU time to parse and decode one (a subscriber's decode; with --encode also "
+                  f"the server's check), median {statistics.median(sel):.1f} ms")
     return sid
+
+
+def decode_cpu_ms(stream: bytes) -> list[tuple[str, float]]:
+    """(frame type, CPU ms) of parsing and decoding each frame of a stream in this process:
+    ``time.process_time``, which other processes on a busy machine do not inflate."""
+    decoder, out, messages = FrameDecoder(), [], read_stream_sized(io.BytesIO(stream))
+    while True:
+        t0 = time.process_time()
+        msg, _ = next(messages, (None, 0))
+        if msg is None:
+            return out
+        if isinstance(msg, FrameMessage):
+            decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
+            out.append((msg.frame_type, (time.process_time() - t0) * 1000))
 
 
 async def fanout(url: str, sid: str, n: int, frames: int, fps: float, late_ms: float) -> tuple[int, float]:
@@ -218,6 +289,9 @@ def main() -> None:
     ap.add_argument("--live-subscribers", default="50,100", help="subscriber counts for the live fan-out")
     ap.add_argument("--late-ms", type=float, default=100.0, help="lateness that counts as not keeping up")
     ap.add_argument("--concurrent", type=int, default=4, help="sequences uploaded at once (0 to skip)")
+    ap.add_argument("--encode", action="store_true", help="latency runs with producer-side encoding")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the producer's encoder device")
+    ap.add_argument("--latency-only", action="store_true", help="only the latency runs (1.)")
     args = ap.parse_args()
     if not (SHARED / "data/loot_depth7.npz").exists():
         sys.exit(f"shared data missing: {SHARED} (set SPLATCAST_SHARED)")
@@ -227,9 +301,12 @@ def main() -> None:
         proc, url = start_server(tmp / "server-data")
         try:
             print(f"server {url} (subprocess), {os.cpu_count()} CPUs; figures are noisy while other work runs")
-            loot = asyncio.run(latency_run(url, "loot", data["loot"], 30.0))
+            device = args.device if args.encode else None
+            loot = asyncio.run(latency_run(url, "loot", data["loot"], 30.0, device))
             if "playbot" in data:
-                asyncio.run(latency_run(url, "playbot", data["playbot"], 30.0))
+                asyncio.run(latency_run(url, "playbot", data["playbot"], 30.0, device))
+            if args.latency_only:
+                return
             print(f"\n== fan-out: stored loot ({args.loot_frames} frames) replayed to N subscribers at 30 fps")
             for n in map(int, args.subscribers.split(",")):
                 kept, worst = asyncio.run(fanout(url, loot, n, args.loot_frames, 30.0, args.late_ms))

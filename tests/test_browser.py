@@ -18,7 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from splatcast.client import FrameProducer, Sequence
 from splatcast.codec import ply_files
+from splatcast.protocol import MEDIA_TYPE
 from splatcast.server.runner import BackgroundServer, make_server
 from splatcast.server.settings import Settings
 
@@ -77,11 +79,18 @@ def coverage(page, png: bytes) -> float:
 
 
 @pytest.mark.timeout(180)
-def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, tmp_path):
+@pytest.mark.parametrize("encoding", ["server", "producer"])
+def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, tmp_path, encoding):
+    """Live PLY uploads encoded by the server, or frames encoded by the producer (``FrameProducer``)."""
     plys = [p.read_bytes() for p in ply_files(loot_dir)[:FRAMES]]
     with BackgroundServer(Settings(data_dir=tmp_path / "data")) as server, \
             httpx.Client(base_url=server.url, timeout=60) as http:
-        seq = http.post("/v1/sequences", json={"name": "loot live", "fps": 30}).json()
+        seq = http.post("/v1/sequences", json={"name": "loot live", "fps": 30, "encoding": encoding}).json()
+        if encoding == "producer":  # encoded here, before the page subscribes
+            producer = FrameProducer(Sequence(**seq), device="cpu")
+            bodies = [(producer.encode(i, ply)[0], MEDIA_TYPE) for i, ply in enumerate(plys)]
+        else:
+            bodies = [(ply, "application/octet-stream") for ply in plys]
         browser = launch_chromium(sync_playwright)
         try:
             page = browser.new_page(viewport={"width": 960, "height": 640})
@@ -96,9 +105,9 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
             page.goto(f"{server.url}/view/{seq['id']}")
             wait_for(page, "window.splatcastViewer?.status === 'live'", 20_000, console)
             counts = []
-            for i, ply in enumerate(plys):  # live: the page is subscribed before frame 0 exists
-                r = http.put(f"/v1/sequences/{seq['id']}/frames/{i}", content=ply,
-                             headers={"Content-Type": "application/octet-stream"})
+            for i, (body, media_type) in enumerate(bodies):  # live: the page is subscribed before frame 0 exists
+                r = http.put(f"/v1/sequences/{seq['id']}/frames/{i}", content=body,
+                             headers={"Content-Type": media_type})
                 assert r.status_code == 201, r.text
                 counts.append(r.json()["num_gaussians"])
             assert http.post(f"/v1/sequences/{seq['id']}/finish").status_code == 200

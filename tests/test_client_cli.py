@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from splatcast.cli import main
-from splatcast.client import FrameInfo, Sequence, ServerRefused, SyncSplatcastClient
+from splatcast.client import FrameInfo, FrameProducer, Sequence, ServerRefused, SyncSplatcastClient
 from splatcast.codec import ply_files, read_ply
 from splatcast.server import BackgroundServer, Settings
 
@@ -80,3 +81,28 @@ def test_sync_client(server, frames_dir):
         with pytest.raises(ServerRefused) as e:
             client.get(sid)
         assert e.value.status == 404 and e.value.url == f"{server.url}/v1/sequences/{sid}"
+
+
+def test_upload_encode_then_watch_plays_the_producer_encoded_stream(server, frames_dir, tmp_path, capsys):
+    args = ["upload", str(frames_dir), "--server", server.url, "--id", "torus-enc", "--gop", "2", "--encode",
+            "--device", "cpu"]
+    assert main(args + ["--no-finish"]) == 0
+    out = capsys.readouterr().out
+    assert "created sequence torus-enc" in out and "sequence torus-enc (open): 4 frames, 2 keyframes" in out
+    assert "encoded here (cpu)" in out
+    assert main(args) == 0  # continuing: nothing left to encode, then finished
+    assert "continuing sequence torus-enc (4 frames stored)" in capsys.readouterr().out
+    assert main(["upload", str(frames_dir), "--server", server.url, "--id", "torus-enc"]) == 1  # PLYs: refused
+    assert "sequence torus-enc is encoded by the producer: upload it with --encode" in capsys.readouterr().err
+
+    out = tmp_path / "watched"
+    assert main(["watch", "torus-enc", "--server", server.url, "--from", "start", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:5]] == [["0", "keyframe"], ["1", "interframe"],
+                                                         ["2", "keyframe"], ["3", "interframe"]]
+    assert lines[-1].startswith("4 frames decoded, 0 skipped")
+    with SyncSplatcastClient(server.url) as client:  # the producer's reconstruction, made again here
+        producer = FrameProducer(client.get("torus-enc"), device="cpu")
+    for i, p in enumerate(ply_files(frames_dir)):
+        expected = producer.encode(i, p)[1].reconstruction
+        assert torch.equal(read_ply(out / f"frame_{i:05d}.ply").means, expected.means)

@@ -371,3 +371,34 @@ def test_a_finish_whose_s3_writes_failed_is_completed_by_the_next_read(redis_ser
     assert bucket.get(f"{sid}/gops/000000") == b"frame0frame1"
     store.delete(sid)
     store.close()
+
+
+def test_producer_encoded_uploads_are_forwarded_checked_by_the_holder_and_survive_a_takeover(redis_server, s3_server,
+                                                                                           loot_dir, tmp_path):
+    """Frames 0-3 to A, 4-5 through B (forwarded to A, the lease holder, which checks them); then A
+    goes away and B takes the lease over mid-GOP: its check's decoder is rebuilt from the stored
+    open GOP, so the producer's interframes go on without a new keyframe."""
+    from splatcast.client import FrameProducer, ServerRefused, SyncSplatcastClient
+
+    bucket = f"t{uuid.uuid4().hex[:12]}"
+    plys = frames_of(loot_dir, 8)
+    settings = scale_settings(redis_server, s3_server, bucket, tmp_path)
+    with BackgroundServer(settings) as b, SyncSplatcastClient(b.url) as via_b:
+        with BackgroundServer(settings) as a, SyncSplatcastClient(a.url) as via_a:
+            seq = via_a.create("producer", 30, {"gop": 30}, encoding="producer")
+            producer = FrameProducer(seq, device="cpu")
+            encoded = [producer.encode(i, ply) for i, ply in enumerate(plys)]
+            bodies = [body for body, _ in encoded]
+            ups = [via_a.upload_encoded(seq.id, i, bodies[i]) for i in range(4)]
+            with pytest.raises(ServerRefused) as e:  # the holder's refusal, passed on by B
+                via_b.upload_encoded(seq.id, 4, b"\x00\x00\x00\x07garbage")
+            assert e.value.status == 400 and "not a zstd frame" in e.value.detail
+            ups += [via_b.upload_encoded(seq.id, i, bodies[i]) for i in range(4, 6)]
+        ups += [via_b.upload_encoded(seq.id, i, bodies[i]) for i in range(6, 8)]  # A is gone: takeover
+        assert [u.status for u in ups] == [201] * 8
+        assert [u.frame.frame_type for u in ups] == [enc.frame_type for _, enc in encoded]
+        assert [u.frame.frame_type for u in ups].count("keyframe") == 1  # no new GOP at the takeover
+        via_b.finish(seq.id)
+        stream = via_b.download(seq.id)
+    end = stream[len(b"".join(bodies)):]
+    assert stream.startswith(b"".join(bodies)) and decode([end])[0].frame_count == 8  # stored as sent

@@ -13,6 +13,7 @@ import os
 import socket
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -349,3 +350,115 @@ def test_openapi_documents_the_api_and_the_viewer_pages_are_served(tmp_path):
     for page, response in (("index.html", index), ("view.html", view)):
         if (STATIC_DIR / page).is_file():
             assert response.status_code == 200 and response.content == (STATIC_DIR / page).read_bytes()
+
+
+def _message(msg) -> bytes:
+    from splatcast.protocol import encode_message
+
+    return encode_message(msg)
+
+
+def _refused(client: SplatcastClient, sid: str, index: int, body: bytes, status: int, text: str):
+    async def put():
+        with pytest.raises(SplatcastError) as e:
+            await client.upload_encoded(sid, index, body)
+        assert e.value.status == status and text in e.value.detail, (index, e.value)
+    return put()
+
+
+def test_producer_encoded_upload_is_checked_stored_as_sent_and_survives_a_restart(loot_dir, tmp_path):
+    """12 real loot frames encoded by the producer (gop 5); hostile bodies get 4xx answers and
+    leave the sequence usable; a restart mid-GOP rebuilds the check's decoder from storage."""
+    import zstandard
+
+    from splatcast.client.api import FrameProducer
+    from splatcast.protocol import MEDIA_TYPE
+
+    settings = Settings(data_dir=tmp_path / "data")
+    plys = [p.read_bytes() for p in ply_files(loot_dir)[:12]]
+    bodies, recons = [], []
+
+    async def first_half(url):
+        async with SplatcastClient(url) as client:
+            seq = await client.create("loot by producer", 30, {"gop": 5, "codebook_size": 64}, encoding="producer")
+            assert seq.encoding == "producer"
+            producer = FrameProducer(seq, device="cpu")
+            for i, ply in enumerate(plys):
+                body, encoded = producer.encode(i, ply)
+                bodies.append(body)
+                recons.append(encoded.reconstruction)
+            watched = []
+
+            async def watch():
+                async for f in client.subscribe(seq.id, from_start=True):
+                    watched.append(f)
+                    if f.index == 7:
+                        return
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.3)
+            sid, head = seq.id, StreamDecoder().feed(bodies[0])
+            header, frame0 = head
+            frame1 = StreamDecoder().feed(bodies[1])[0]
+            raw = zstandard.ZstdCompressor().compress(__import__("msgpack").packb({"t": "frame", "index": "x"}))
+            for index, body, status, text in [
+                    (0, b"\x00\x00\x00\x07garbage", 400, "not a zstd frame"),
+                    (0, len(raw).to_bytes(4, "big") + raw, 400, "frame message lacks"),  # valid msgpack
+                    (0, bodies[0][:len(bodies[0]) // 2], 400, "stream ended inside a message"),
+                    (0, _message(frame0), 400, "expected the messages ['StreamHeader', 'FrameMessage']"),
+                    (0, _message(replace(header, codec_version=1)) + _message(frame0), 422, "version 1 is not"),
+                    (0, _message(replace(header, codec_params={**header.codec_params, "gop": 6}))
+                     + _message(frame0), 422, "differ from the sequence's codec settings in ['gop']"),
+                    (0, _message(header) + _message(replace(frame1, index=0, pts=0.0)), 422, "before any keyframe"),
+                    (0, _message(header) + _message(replace(frame0, num_gaussians=2_000_000, payload={})), 413,
+                     "max_gaussians"),
+                    (1, bodies[1], 409, "expected frame 0")]:
+                await _refused(client, sid, index, body, status, text)
+            with pytest.raises(SplatcastError) as e:
+                await client.upload_frame(sid, 0, plys[0])  # a PLY for a producer-encoded sequence
+            assert e.value.status == 415 and MEDIA_TYPE in e.value.detail
+            ups = [await client.upload_encoded(sid, i, bodies[i]) for i in range(5)]
+            assert [u.status for u in ups] == [201] * 5 and ups[0].frame.frame_type == "keyframe"
+            frame4 = StreamDecoder().feed(bodies[4])[0]
+            for index, body, status, text in [
+                    (5, _message(replace(frame4, index=5, pts=5 / 30)), 422, "must be a keyframe"),
+                    (5, _message(replace(frame4, index=6, pts=6 / 30)), 400, "has index 6, uploaded as frame 5"),
+                    (5, _message(replace(StreamDecoder().feed(bodies[5])[0], pts=1.0)), 422, "pts 1.0"),
+                    (5, _message(header) + bodies[5], 400, "expected the messages ['FrameMessage']"),
+                    (3, bodies[4], 409, "different content")]:
+                await _refused(client, sid, index, body, status, text)
+            assert (await client.upload_encoded(sid, 3, bodies[3])).status == 200  # safe retry
+            ups = [await client.upload_encoded(sid, 5, bodies[5])]
+            sh1 = read_ply(plys[6])  # the same frame with SH degree 1: a keyframe the codec takes, not this sequence
+            sh1 = replace(sh1, shN=torch.zeros(sh1.num_gaussians, 3, 3))
+            sh1_key = StreamDecoder().feed(FrameProducer(seq, device="cpu").encode(0, sh1)[0])[1]
+            await _refused(client, sid, 6, _message(replace(sh1_key, index=6, pts=6 / 30)), 422, "SH degree 1")
+            ups += [await client.upload_encoded(sid, i, bodies[i]) for i in range(6, 8)]  # usable as before
+            assert [u.frame.frame_type for u in ups][0] == "keyframe"
+            await asyncio.wait_for(watcher, 60)
+            other = await client.create("server-encoded")
+            with pytest.raises(SplatcastError) as e:
+                await client.upload_encoded(other.id, 0, bodies[0])
+            assert e.value.status == 415 and "encoded by the server" in e.value.detail
+            return sid, watched
+
+    async def second_half(url, sid):
+        async with SplatcastClient(url) as client:
+            ups = [await client.upload_encoded(sid, i, bodies[i]) for i in range(8, 12)]  # mid-GOP: rebuilt decoder
+            assert [u.status for u in ups] == [201] * 4
+            await client.finish(sid)
+            frames = [f async for f in client.subscribe(sid, from_start=True)]
+            late = [f async for f in client.subscribe(sid, from_index=9)]
+            return frames, late, await client.download(sid), await client.frames(sid)
+
+    with BackgroundServer(settings) as srv:
+        sid, watched = asyncio.run(first_half(srv.url))
+    with BackgroundServer(settings) as srv:
+        frames, late, stream, index = asyncio.run(second_half(srv.url, sid))
+    assert stream == b"".join(bodies) + _end(12)  # stored byte for byte as the producer sent it
+    assert [f.raw_bytes for f in index] == [len(b) for b in bodies]
+    assert [f.index for f in watched] == list(range(8)) and [f.index for f in frames] == list(range(12))
+    for f in watched + frames:
+        assert_same(f.frame, recons[f.index], f"frame {f.index}")
+    assert late[0].frame_type == "keyframe" and [f.index for f in late] == list(range(late[0].index, 12))
+    assert late[0].index <= 9

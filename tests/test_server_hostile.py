@@ -299,6 +299,59 @@ def test_fuzzed_bodies_never_get_a_5xx(tmp_path, body, raw):
             assert isinstance(r.json()["detail"], str) and r.json()["detail"]
 
 
+_ENCODED: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _encoded_frame0(seq: dict) -> tuple[bytes, bytes]:
+    """(header message, frame message) of a real 3000-Gaussian frame 0 encoded for ``seq`` (cached)."""
+    from splatcast.client import FrameProducer, Sequence
+    from splatcast.demo import synthetic_frames
+
+    key = json.dumps([seq["codec"], seq["name"], seq["fps"]])
+    if key not in _ENCODED:
+        body, _ = FrameProducer(Sequence(**seq), device="cpu").encode(0, next(synthetic_frames(1, 3000)))
+        size = 4 + int.from_bytes(body[:4], "big")
+        _ENCODED[key] = body[:size], body[size:]
+    return _ENCODED[key]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 2**31), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.integers(0, 2**31), truncate=st.booleans())
+def test_fuzzed_encoded_frames_never_get_a_5xx_and_leave_the_sequence_usable(tmp_path, edits, cut, truncate):
+    """A real producer-encoded frame 0 whose msgpack content has bytes changed (then compressed
+    again, so the server's schema and codec checks see it) or is cut short."""
+    import zstandard
+
+    from splatcast.protocol import MEDIA_TYPE
+
+    app = create_app(Settings(data_dir=tmp_path, device="cpu"))
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            seq = (await c.post("/v1/sequences", json={"name": "fuzz", "encoding": "producer"})).json()
+            header, frame = _encoded_frame0(seq)
+            content = bytearray(zstandard.ZstdDecompressor().decompress(frame[4:]))
+            for pos, value in edits:
+                content[pos % len(content)] = value
+            if truncate:
+                del content[cut % len(content):]
+            body = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(content))
+            put = await c.put(f"/v1/sequences/{seq['id']}/frames/0", content=header + len(body).to_bytes(4, "big")
+                              + body, headers={"Content-Type": MEDIA_TYPE})
+            valid = None
+            if put.status_code != 201:  # the refused frame left the sequence as it was
+                valid = await c.put(f"/v1/sequences/{seq['id']}/frames/0", content=header + frame,
+                                    headers={"Content-Type": MEDIA_TYPE})
+            return put, valid
+
+    put, valid = asyncio.run(go())
+    assert put.status_code < 500, put.text
+    if put.status_code >= 400:
+        assert isinstance(put.json()["detail"], str) and put.json()["detail"]
+        assert valid is not None and valid.status_code == 201, valid.text
+
+
 def test_openapi_json_describes_every_response_field(tmp_path):
     app = create_app(Settings(data_dir=tmp_path, token="t"))
 

@@ -95,6 +95,21 @@ def test_storage_survives_reopen_and_cuts_an_uncommitted_tail(tmp_path):
     assert not (tmp_path / "streams" / "a.splatcast").exists()
 
 
+def test_storage_keeps_the_encoding_and_opens_an_index_made_before_it_existed(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "index.sqlite3")  # the sequences table as it was before issue 12
+    db.execute("CREATE TABLE sequences (id TEXT PRIMARY KEY, name TEXT NOT NULL, fps REAL NOT NULL, codec TEXT NOT "
+               "NULL, created_at REAL NOT NULL, finished INTEGER NOT NULL DEFAULT 0, sh_degree INTEGER, header_bytes "
+               "INTEGER NOT NULL DEFAULT 0, end_bytes INTEGER NOT NULL DEFAULT 0)")
+    db.execute("INSERT INTO sequences (id, name, fps, codec, created_at) VALUES ('old', '', 30, '{}', 1)")
+    db.commit()
+    db.close()
+    st = SqliteStorage(tmp_path)
+    st.create(SequenceInfo(id="new", name="n", fps=30.0, codec={}, created_at=2.0, encoding="producer"))
+    assert [(i.id, i.encoding) for i in st.list()] == [("old", "server"), ("new", "producer")]
+
+
 def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     from pydantic import ValidationError
 

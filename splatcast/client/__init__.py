@@ -5,8 +5,8 @@ Imports are lazy so that ``splatcast --help`` does not load torch.
 
 from __future__ import annotations
 
-__all__ = ["Batch", "ConnectionFailed", "FrameInfo", "ReceivedFrame", "Sequence", "ServerRefused", "SplatcastClient",
-           "SplatcastError", "StreamError", "SyncSplatcastClient", "Uploaded"]
+__all__ = ["Batch", "ConnectionFailed", "FrameInfo", "FrameProducer", "ReceivedFrame", "Sequence", "ServerRefused",
+           "SplatcastClient", "SplatcastError", "StreamError", "SyncSplatcastClient", "Uploaded"]
 
 
 def __getattr__(name: str):

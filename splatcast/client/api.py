@@ -32,11 +32,31 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from splatcast.codec import FrameDecoder, GaussianFrame, ply_files
-from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, Limits, Message, StreamDecoder
+from splatcast.codec import (
+    CODEC_NAME,
+    CODEC_VERSION,
+    CodecConfig,
+    EncodedFrame,
+    FrameDecoder,
+    FrameEncoder,
+    GaussianFrame,
+    ply_files,
+    read_ply,
+)
+from splatcast.protocol import (
+    MEDIA_TYPE,
+    EndOfStream,
+    ErrorMessage,
+    FrameMessage,
+    Limits,
+    Message,
+    StreamDecoder,
+    StreamHeader,
+    encode_message,
+)
 
-__all__ = ["Batch", "ConnectionFailed", "FrameInfo", "ReceivedFrame", "Sequence", "ServerRefused", "SplatcastClient",
-           "SplatcastError", "StreamError", "SyncSplatcastClient", "Uploaded", "ply_files"]
+__all__ = ["Batch", "ConnectionFailed", "FrameInfo", "FrameProducer", "ReceivedFrame", "Sequence", "ServerRefused",
+           "SplatcastClient", "SplatcastError", "StreamError", "SyncSplatcastClient", "Uploaded", "ply_files"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 """Connect within 10 s; 300 s for the rest: a PUT is answered only once the frame is encoded
@@ -126,6 +146,7 @@ class Sequence:
     encode_ms_mean: float | None
     subscribers: int  # live now
     codec: dict[str, Any]  # CodecConfig fields
+    encoding: str = "server"  # "server" or "producer": who encodes the frames
 
 
 @dataclass(frozen=True)
@@ -136,8 +157,8 @@ class FrameInfo:
     frame_type: str  # "keyframe", "intra" or "interframe"
     num_gaussians: int
     bytes: int
-    raw_bytes: int  # size of the uploaded PLY
-    encode_ms: float
+    raw_bytes: int  # size of the uploaded body (PLY, or the producer's encoded messages)
+    encode_ms: float  # server time: encoding the PLY, or checking a producer-encoded frame
     received_at: float  # Unix time
 
 
@@ -160,6 +181,7 @@ class Uploaded:
     answered_at: float
     frame: FrameInfo
     attempts: int = 1  # more than 1 when a transport error or a 5xx answer made it try again
+    producer_encode_ms: float | None = None  # producer-side encoding: this machine's encode time (before sent_at)
 
 
 @dataclass
@@ -250,13 +272,14 @@ class SplatcastClient:
         return _from_json(cls, data, self.base_url + path)
 
     async def create(self, name: str = "", fps: float = 30.0, codec: dict[str, Any] | None = None,
-                     seq_id: str | None = None) -> Sequence:
-        """Create a sequence (``codec``: CodecConfig fields; ``seq_id``: choose its id).
+                     seq_id: str | None = None, encoding: str = "server") -> Sequence:
+        """Create a sequence (``codec``: CodecConfig fields; ``seq_id``: choose its id;
+        ``encoding``: "server" (upload PLYs) or "producer" (encode here: ``upload_encoded_frames``)).
 
         Raises ``ServerRefused`` (409 id taken, 422 invalid parameters, 401 token...) or
         ``ConnectionFailed``.
         """
-        body = {"name": name, "fps": fps, "codec": codec or {}}
+        body: dict[str, Any] = {"name": name, "fps": fps, "codec": codec or {}, "encoding": encoding}
         if seq_id is not None:
             body["id"] = seq_id
         return await self._json("POST", "/v1/sequences", Sequence, json=body)
@@ -269,12 +292,22 @@ class SplatcastClient:
         already). Raises ``ServerRefused`` (400 bad PLY, 409 out of order, 413, 422...) or
         ``ConnectionFailed`` once the attempts are spent.
         """
+        return await self._put_frame(seq_id, index, ply, "application/octet-stream")
+
+    async def upload_encoded(self, seq_id: str, index: int, body: bytes) -> Uploaded:
+        """PUT frame ``index`` of a producer-encoded sequence: ``body`` is ``FrameProducer.encode``'s
+        (protocol messages). Retried and refused as ``upload_frame`` (400 malformed, 409 out of
+        order, 413 over a limit, 415 a server-encoded sequence, 422 refused by the codec or unlike
+        the sequence's stream header)."""
+        return await self._put_frame(seq_id, index, body, MEDIA_TYPE)
+
+    async def _put_frame(self, seq_id: str, index: int, body: bytes, content_type: str) -> Uploaded:
         path = f"/v1/sequences/{seq_id}/frames/{index}"
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(ply))}
+        headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
         sent_at = time.perf_counter()
         for attempt in range(self.retries + 1):
             try:
-                response = await self._request("PUT", path, content=_pieces(ply), headers=headers)
+                response = await self._request("PUT", path, content=_pieces(body), headers=headers)
                 break
             except SplatcastError as e:
                 retry = isinstance(e, ConnectionFailed) or e.status in RETRY_STATUSES
@@ -307,6 +340,33 @@ class SplatcastClient:
         """
         return await self.upload_frames(seq_id, (p.read_bytes() for p in ply_files(directory)), fps=fps,
                                         progress=progress)
+
+    async def upload_encoded_frames(self, seq: Sequence, frames: Iterable[GaussianFrame | str | os.PathLike | bytes],
+                                    start: int = 0, fps: float | None = None,
+                                    progress: Callable[[Uploaded], None] | None = None,
+                                    device: str = "auto") -> list[Uploaded]:
+        """Encode frames on this machine and upload them as frames ``start, start+1, ...`` of the
+        producer-encoded sequence ``seq`` (``create(..., encoding="producer")``), one at a time.
+
+        ``frames``: GaussianFrames, or PLY files (paths or bytes) read in the encoding thread;
+        ``device``: the encoder's ("auto": CUDA when there is one). The first frame is a keyframe
+        (a fresh encoder), so ``start`` may continue a sequence after its stored frames. With
+        ``fps``, no faster than that. Each ``Uploaded`` has ``producer_encode_ms``. Raises
+        ``CodecError`` / ``PlyError`` for a frame that cannot be encoded, else as ``upload_encoded``.
+        """
+        producer = FrameProducer(seq, device)
+        results, t0 = [], time.perf_counter()
+        for i, frame in enumerate(frames):
+            if fps is not None:
+                await asyncio.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+            t1 = time.perf_counter()
+            body, _ = await asyncio.to_thread(producer.encode, start + i, frame)
+            encode_ms = (time.perf_counter() - t1) * 1000
+            results.append(await self.upload_encoded(seq.id, start + i, body))
+            results[-1].producer_encode_ms = encode_ms
+            if progress is not None:
+                progress(results[-1])
+        return results
 
     async def upload_batch(self, seq_id: str, tar: bytes, finish: bool = False) -> Batch:
         """POST a tar of PLY files: appended in natural order of their names after the stored
@@ -417,6 +477,36 @@ class SplatcastClient:
                                     decoded_at=decoded_at, frame=frame)
 
 
+class FrameProducer:
+    """Producer-side encoding of one sequence: frames -> the bodies of its frame uploads.
+
+    ``seq``: the producer-encoded sequence (its ``codec``, ``fps`` and ``name`` make the stream
+    header the server checks); ``device``: the encoder's ("auto": CUDA when available, "cpu",
+    "cuda"). Holds one ``FrameEncoder``: frames must be encoded in index order, the first one
+    is a keyframe. ValueError for a bad ``device`` or codec settings.
+    """
+
+    def __init__(self, seq: Sequence, device: str = "auto") -> None:
+        self.seq = seq
+        self.encoder = FrameEncoder(CodecConfig.from_dict({**seq.codec, "device": device}))
+
+    def encode(self, index: int, frame: GaussianFrame | str | os.PathLike | bytes) -> tuple[bytes, EncodedFrame]:
+        """The body of frame ``index``'s upload (frame 0: the stream header message, then the frame
+        message; later frames: the frame message) and the encoded frame (its ``reconstruction``
+        is what every decoder will get). ``frame``: a GaussianFrame or a PLY file (path or bytes).
+        Raises ``CodecError`` (e.g. another SH degree than earlier frames) or ``PlyError``."""
+        if not isinstance(frame, GaussianFrame):
+            frame = read_ply(frame)
+        encoded = self.encoder.encode(frame)
+        body = encode_message(FrameMessage(index=index, pts=index / self.seq.fps, frame_type=encoded.frame_type,
+                                           num_gaussians=encoded.num_gaussians, payload=encoded.payload))
+        if index == 0:
+            body = encode_message(StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION,
+                                               codec_params=self.seq.codec, sh_degree=frame.sh_degree,
+                                               fps=self.seq.fps, name=self.seq.name)) + body
+        return body, encoded
+
+
 UPLOAD_PIECE = 1024 * 1024
 """Bytes per write of an upload body: one write of a whole 41 MB PLY goes through asyncio's
 transport buffer and takes about 2.5x as long on loopback (~140 vs ~55 ms)."""
@@ -464,13 +554,24 @@ class SyncSplatcastClient:
         return self._client.viewer_url(seq_id)
 
     def create(self, name: str = "", fps: float = 30.0, codec: dict[str, Any] | None = None,
-               seq_id: str | None = None) -> Sequence:
+               seq_id: str | None = None, encoding: str = "server") -> Sequence:
         """Create a sequence; see ``SplatcastClient.create``."""
-        return self._run(self._client.create(name, fps, codec, seq_id))
+        return self._run(self._client.create(name, fps, codec, seq_id, encoding))
 
     def upload_frame(self, seq_id: str, index: int, ply: bytes) -> Uploaded:
         """PUT one PLY as frame ``index``, retried on transport errors and 5xx; see ``SplatcastClient.upload_frame``."""
         return self._run(self._client.upload_frame(seq_id, index, ply))
+
+    def upload_encoded(self, seq_id: str, index: int, body: bytes) -> Uploaded:
+        """PUT frame ``index`` of a producer-encoded sequence; see ``SplatcastClient.upload_encoded``."""
+        return self._run(self._client.upload_encoded(seq_id, index, body))
+
+    def upload_encoded_frames(self, seq: Sequence, frames: Iterable[GaussianFrame | str | os.PathLike | bytes],
+                              start: int = 0, fps: float | None = None,
+                              progress: Callable[[Uploaded], None] | None = None,
+                              device: str = "auto") -> list[Uploaded]:
+        """Encode frames here and upload them; see ``SplatcastClient.upload_encoded_frames``."""
+        return self._run(self._client.upload_encoded_frames(seq, frames, start, fps, progress, device))
 
     def upload_frames(self, seq_id: str, plys: Iterable[bytes], start: int = 0, fps: float | None = None,
                       progress: Callable[[Uploaded], None] | None = None) -> list[Uploaded]:

@@ -26,6 +26,11 @@ def register(subparsers) -> None:
     up.add_argument("--quality", choices=QUALITY_NAMES,
                     help="codec quality preset, coarsest first (default: the codec's, medium)")
     up.add_argument("--no-finish", action="store_true", help="leave the sequence open after the last frame")
+    up.add_argument("--encode", action="store_true",
+                    help="encode on this machine and upload encoded frames instead of PLY (the server checks each "
+                         "by decoding it); continuing a sequence starts after its stored frames with a keyframe")
+    up.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="encoder device with --encode (default auto: CUDA when available)")
     up.add_argument("--token", default=os.environ.get("SPLATCAST_TOKEN"), help=token_help)
     up.set_defaults(func=upload)
 
@@ -56,6 +61,9 @@ def _client(args: argparse.Namespace):
 def upload(args: argparse.Namespace) -> int:
     """Create (or continue) a sequence, print its viewer link, upload the frames, finish it.
 
+    With ``--encode`` the frames are encoded here (``FrameProducer``) and uploaded as protocol
+    messages to a sequence created with ``encoding="producer"``.
+
     Raises ``CommandError`` (no PLY files; a frame refused, naming its file and URL) and the
     client's ``SplatcastError``; ``main`` prints them.
     """
@@ -74,7 +82,7 @@ def upload(args: argparse.Namespace) -> int:
             codec = {k: v for k, v in (("gop", args.gop), ("quality", args.quality)) if v is not None}
             try:
                 name = args.name or Path(args.input_dir).resolve().name
-                seq = await client.create(name, args.fps, codec, args.seq_id)
+                seq = await client.create(name, args.fps, codec, args.seq_id, "producer" if args.encode else "server")
                 print(f"created sequence {seq.id}, watch it at {client.viewer_url(seq.id)}", flush=True)
             except ServerRefused as e:
                 if e.status != 409 or args.seq_id is None:
@@ -82,24 +90,42 @@ def upload(args: argparse.Namespace) -> int:
                 seq = await client.get(args.seq_id)  # continue it: stored frames are safe retries
                 print(f"continuing sequence {seq.id} ({seq.frames} frames stored), watch it at "
                       f"{client.viewer_url(seq.id)}", flush=True)
-            with tqdm(total=len(files), unit="frame", desc=f"upload {seq.id}") as bar:
+            start = _encoded_start(seq, args.encode)
+            with tqdm(total=len(files), initial=start, unit="frame", desc=f"upload {seq.id}") as bar:
                 def progress(u):
-                    bar.set_postfix(type=u.frame.frame_type, kb=u.frame.bytes // 1024, enc_ms=round(u.frame.encode_ms))
+                    bar.set_postfix(type=u.frame.frame_type, kb=u.frame.bytes // 1024,
+                                    enc_ms=round(u.producer_encode_ms or u.frame.encode_ms))
                     bar.update()
+                fps = args.fps if args.live else None
                 try:
-                    await client.upload_frames(seq.id, (p.read_bytes() for p in files),
-                                               fps=args.fps if args.live else None, progress=progress)
+                    if args.encode:
+                        await client.upload_encoded_frames(seq, files[start:], start, fps, progress, args.device)
+                    else:
+                        await client.upload_frames(seq.id, (p.read_bytes() for p in files), fps=fps, progress=progress)
                 except ServerRefused as e:  # name the file as well as the URL
                     raise CommandError(f"HTTP {e.status}: {e.detail}", f"{files[bar.n]}, {e.url}") from e
             if not args.no_finish:
                 await client.finish(seq.id)
             info = await client.get(seq.id)
             print(f"sequence {info.id} ({info.status}): {info.frames} frames, {info.keyframes} keyframes, "
-                  f"{info.stream_bytes:,} bytes, {info.ratio}x smaller than PLY, "
-                  f"{info.encode_ms_mean} ms encode per frame")
+                  f"{info.stream_bytes:,} bytes, "
+                  + (f"encoded here ({args.device}), {info.encode_ms_mean} ms server check per frame" if args.encode
+                     else f"{info.ratio}x smaller than PLY, {info.encode_ms_mean} ms encode per frame"))
 
     asyncio.run(run())
     return 0
+
+
+def _encoded_start(seq, encode: bool) -> int:
+    """The first frame to upload: 0 (PLYs: stored frames are safe retries), or with ``--encode``
+    the first frame not stored yet. ``CommandError`` when ``--encode`` does not match how the
+    sequence is encoded."""
+    from splatcast.cli import CommandError
+
+    if encode != (seq.encoding == "producer"):
+        raise CommandError(f"sequence {seq.id} is encoded by the {seq.encoding}: upload it "
+                           + ("without" if seq.encoding == "server" else "with") + " --encode", seq.id)
+    return seq.frames if encode else 0
 
 
 def watch(args: argparse.Namespace) -> int:

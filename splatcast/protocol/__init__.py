@@ -12,6 +12,7 @@ from .messages import (
                      DTYPES,
                      FRAME_TYPES,
                      MAGIC,
+                     MEDIA_TYPE,
                      PROTOCOL_VERSION,
                      EndOfStream,
                      ErrorMessage,
@@ -23,7 +24,7 @@ from .messages import (
 from .wire import Limits, encode_message
 
 __all__ = [
-    "DTYPES", "FRAME_TYPES", "MAGIC", "PROTOCOL_VERSION", "DecompressionError", "EndOfStream",
+    "DTYPES", "FRAME_TYPES", "MAGIC", "MEDIA_TYPE", "PROTOCOL_VERSION", "DecompressionError", "EndOfStream",
     "ErrorMessage", "FrameMessage", "FramingError", "LimitExceeded", "Limits", "Message",
     "Payload", "ProtocolError", "SchemaError", "StreamDecoder", "StreamHeader", "VersionError",
     "encode_message", "read_stream", "read_stream_sized", "write_stream",

@@ -19,6 +19,7 @@ import numpy as np
 from .errors import SchemaError
 
 MAGIC = "splatcast"
+MEDIA_TYPE = "application/x-splatcast"  # HTTP content type of a body of concatenated messages
 PROTOCOL_VERSION = (1, 0)  # (major, minor): a decoder accepts any minor of its own major
 FRAME_TYPES = ("keyframe", "intra", "interframe")  # same as splatcast.codec.FRAME_TYPES
 MAX_SH_DEGREE = 3

@@ -14,7 +14,10 @@ sequence concerned. Any other exception is a bug (logged, answered 500 without d
     ├── RequestTimeout      408  a request body idle for too long
     ├── Conflict            409  against the sequence's state: frame order, finished, id taken
     ├── TooLarge            413  over a size limit: bytes, Gaussians, frames
+    ├── UnsupportedMedia    415  a body of the wrong kind for the sequence: PLY for a producer-encoded
+    │                            sequence, encoded messages for a server-encoded one
     ├── Invalid             422  invalid parameters: codec options, SH degree, a frame the codec refuses
+    │                            (to encode it, or to decode an uploaded encoded frame)
     ├── TooMany             429  over a count limit: sequences, subscribers
     ├── StorageError        500  the storage medium failed (the server's fault, not the request's)
     │   └── StorageFull     507  no space left; nothing of the failed write was stored
@@ -58,6 +61,10 @@ class Conflict(ServerError):
 
 class TooLarge(ServerError):
     status = 413
+
+
+class UnsupportedMedia(ServerError):
+    status = 415
 
 
 class Invalid(ServerError):

@@ -39,6 +39,9 @@ class Metrics:
                                        buckets=_LATENCY, registry=r)
         self.encode_seconds = Histogram("splatcast_encode_seconds", "Time to encode a frame, by frame type.",
                                         ["frame_type"], buckets=_LATENCY, registry=r)
+        self.check_seconds = Histogram("splatcast_check_seconds", "Time to check (parse and decode) a frame encoded "
+                                       "by its producer, by frame type.", ["frame_type"], buckets=_LATENCY,
+                                       registry=r)
         self.upload_to_send_seconds = Histogram(
             "splatcast_upload_to_send_seconds", "From a live frame's upload being accepted to its WebSocket send "
             "to a subscriber (each subscriber counts).", buckets=_LATENCY, registry=r)

@@ -25,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splatcast.codec import natural_key
+from splatcast.protocol import MEDIA_TYPE
 from splatcast.server.errors import BadRequest, NotFound, NotHolder, RequestTimeout, ServerError, TooLarge, Unauthorized
 from splatcast.server.forward import FORWARDED
 from splatcast.server.schemas import BatchOut, CreateSequence, ErrorOut, FrameOut, HealthOut, SequenceOut
@@ -46,8 +47,11 @@ _ERRORS = {
     408: "The request body sent nothing for body_timeout_s.",
     409: "Conflicts with the sequence's state: frame order, finished, different bytes for a stored frame, "
          "id taken.",
-    413: "Over a size limit: body bytes, Gaussians per frame, frames per sequence.",
-    422: "Invalid parameters: JSON body, codec options, SH degree change, a frame the codec refuses.",
+    413: "Over a size limit: body bytes, Gaussians per frame, frames per sequence, a protocol limit.",
+    415: f"A body of the wrong kind: PLY for a sequence encoded by its producer, {MEDIA_TYPE} for one the "
+         "server encodes.",
+    422: "Invalid parameters: JSON body, codec options, SH degree change, a frame the codec refuses (to encode, "
+         "or to decode an uploaded encoded frame), a stream header unlike the sequence's.",
     429: "Over a count limit: stored sequences.",
     503: "Scale-out backbone (Redis, S3, the encoding replica) unreachable for now: retry after Retry-After.",
     507: "The storage device is full; stored frames stay readable and DELETE frees space.",
@@ -114,7 +118,7 @@ def _out(seqs: Sequences, info: SequenceInfo) -> SequenceOut:
 
 async def create_sequence(body: CreateSequence, seqs: Seqs) -> SequenceOut:
     """Create an empty open sequence; frames follow with PUT .../frames/{index}."""
-    return _out(seqs, await asyncio.to_thread(seqs.create, body.name, body.fps, body.codec, body.id))
+    return _out(seqs, await asyncio.to_thread(seqs.create, body.name, body.fps, body.codec, body.id, body.encoding))
 
 
 async def list_sequences(seqs: Seqs) -> list[SequenceOut]:
@@ -191,24 +195,27 @@ async def _finish(request: Request, seqs: Sequences, seq_id: str) -> SequenceOut
 
 async def put_frame(seq_id: str, index: Annotated[int, PathParam(ge=0)], request: Request, response: Response,
                     seqs: Seqs, settings: Config) -> Any:
-    """Upload frame ``index`` (the next one); it is encoded and stored before the response.
+    """Upload frame ``index`` (the next one); it is encoded (or, for a sequence encoded by its
+    producer, checked by decoding it) and stored before the response.
 
     With several replicas, the one holding the sequence's encoder lease encodes it: the upload is
     forwarded there, or the lease is taken over when that replica is gone (503 + Retry-After while
     neither is possible)."""
     await asyncio.to_thread(seqs.get, seq_id)
+    encoded = request.headers.get("content-type", "").split(";")[0].strip().lower() == MEDIA_TYPE
     body = bytearray()
     async for chunk in _limited_stream(request, settings.max_upload_bytes, settings.body_timeout_s):
         body += chunk
     if not body:
-        raise BadRequest("empty body: send one PLY file as application/octet-stream")
+        raise BadRequest(f"empty body: send one PLY file as application/octet-stream, or encoded frames as "
+                         f"{MEDIA_TYPE}")
     try:
-        result = await seqs.put_frame(seq_id, index, body)  # hashed off the event loop there
+        result = await seqs.put_frame(seq_id, index, body, encoded=encoded)  # hashed off the event loop there
     except NotHolder as e:
         answer = await _forward(request, e, bytes(body), request.url.path)
         if answer is not None:
             return answer
-        result = await seqs.put_frame(seq_id, index, body, takeover=True)
+        result = await seqs.put_frame(seq_id, index, body, takeover=True, encoded=encoded)
     if not result.created:
         response.status_code = 200
     return FrameOut.of(result.record)
@@ -343,14 +350,21 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         responses=_errors(*r401, 404))
     api("/v1/sequences/{seq_id}/frames/{index}", put_frame, methods=["PUT"], status_code=201, response_model=FrameOut,
         dependencies=writes, tags=["frames"],
-        openapi_extra=_binary_body("application/octet-stream", "One PLY file (INRIA 3DGS layout)."),
+        openapi_extra={"requestBody": {
+            "required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                             "description": "One PLY file (INRIA 3DGS layout)."},
+                MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"},
+                             "description": "Sequences encoded by the producer: the frame's protocol messages "
+                                            "(frame 0: stream header + frame message; later: the frame message)."}}}},
         responses={200: {"model": FrameOut,
                          "description": "Safe retry: this frame was already stored with the same bytes."},
-                   **_errors(400, *w401, 404, 408, 409, 413, 422, 503, 507)})
+                   **_errors(400, *w401, 404, 408, 409, 413, 415, 422, 503, 507)})
     api("/v1/sequences/{seq_id}/frames", upload_tar, methods=["POST"], status_code=201, dependencies=writes,
         tags=["frames"],
-        openapi_extra=_binary_body("application/x-tar", "A tar of PLY files, taken in natural order of names."),
-        responses=_errors(400, *w401, 404, 408, 409, 413, 422, 507))
+        openapi_extra=_binary_body("application/x-tar", "A tar of PLY files, taken in natural order of names "
+                                                         "(sequences the server encodes)."),
+        responses=_errors(400, *w401, 404, 408, 409, 413, 415, 422, 507))
     api("/v1/sequences/{seq_id}/finish", finish_sequence, methods=["POST"], dependencies=writes,
         response_model=SequenceOut, tags=["sequences"], responses=_errors(*w401, 404, 409, 503, 507))
     api("/v1/sequences/{seq_id}/gops/{n}", get_gop, methods=["GET"], dependencies=reads, tags=["stream"],

@@ -84,7 +84,7 @@ return 0
 _SMALL_CACHE = 4096  # header and end messages kept in memory
 _FINISHED_STREAM_TTL_S = 300  # a finished sequence's live stream (its last GOPs) leaves Redis after this
 _INFO_FIELDS = ("name", "fps", "codec", "created_at", "finished", "sh_degree", "header_bytes", "end_bytes",
-                "frame_count", "frame_bytes", "raw_bytes", "encode_ms", "gops_closed", "sealed")
+                "frame_count", "frame_bytes", "raw_bytes", "encode_ms", "gops_closed", "sealed", "encoding")
 
 
 class LeaseLost(Unavailable):
@@ -146,7 +146,7 @@ class ScaleStorage:
         fields: dict[Any, Any] = {"name": info.name, "fps": repr(info.fps), "codec": json.dumps(info.codec),
                                   "created_at": repr(info.created_at), "finished": 0, "header_bytes": 0, "end_bytes": 0,
                                   "frame_count": 0, "frame_bytes": 0, "raw_bytes": 0, "encode_ms": 0,
-                                  "gops_closed": 0}
+                                  "gops_closed": 0, "encoding": info.encoding}
         with self._redis(f"creating sequence {info.id}"):
             if not self.redis.hsetnx(k["seq"], "name", info.name):
                 raise KeyError(info.id)
@@ -173,7 +173,7 @@ class ScaleStorage:
                             header_bytes=int(f["header_bytes"] or 0), end_bytes=int(f["end_bytes"] or 0),
                             frame_count=int(f["frame_count"] or 0), frame_bytes=int(f["frame_bytes"] or 0),
                             raw_bytes=int(f["raw_bytes"] or 0), encode_ms=float(f["encode_ms"] or 0),
-                            keyframes=[int(x) for x in keyframes])
+                            keyframes=[int(x) for x in keyframes], encoding=f["encoding"] or "server")
 
     def _manifest(self, seq_id: str) -> dict | None:
         if seq_id in self._finished:

@@ -19,6 +19,10 @@ class CreateSequence(BaseModel):
                                   description="CodecConfig fields: gop, quality, codebook_size, alpha, step, tolerance, step_scale, seed "
                                               "(docs/CODEC.md); the server's codec_defaults fill the rest.")
     id: str | None = Field(None, pattern=ID_PATTERN, description="Choose the id (409 if taken); default: random.")
+    encoding: Literal["server", "producer"] = Field(
+        "server", description="server: frames are uploaded as PLY and encoded by the server; producer: the producer "
+                              "encodes with the sequence's codec and uploads protocol messages "
+                              "(application/x-splatcast), which the server checks by decoding them.")
 
 
 class ErrorOut(BaseModel):
@@ -36,8 +40,9 @@ class FrameOut(BaseModel):
                     "interframe: changes since the previous frame.")
     num_gaussians: int = Field(description="Gaussians in the frame.")
     bytes: int = Field(description="Size of the encoded frame message.")
-    raw_bytes: int = Field(description="Size of the uploaded PLY.")
-    encode_ms: float = Field(description="Server time spent encoding the frame, milliseconds.")
+    raw_bytes: int = Field(description="Size of the uploaded body: the PLY, or the producer's encoded messages.")
+    encode_ms: float = Field(description="Server time spent encoding the frame, or checking (parsing and "
+                                         "decoding) a producer-encoded one, milliseconds.")
     received_at: float = Field(description="Unix time the upload was accepted.")
 
     @classmethod
@@ -60,11 +65,13 @@ class SequenceOut(BaseModel):
     frames: int = Field(description="Frames stored.")
     keyframes: int = Field(description="Keyframes among them.")
     stream_bytes: int = Field(description="Committed size of the .splatcast stream.")
-    raw_bytes: int = Field(description="Total size of the uploaded PLYs.")
-    ratio: float | None = Field(description="raw_bytes / encoded frame bytes; null before frame 0.")
+    raw_bytes: int = Field(description="Total size of the uploaded bodies (PLYs, or the producer's encoded frames).")
+    ratio: float | None = Field(description="raw_bytes / encoded frame bytes; null before frame 0 and when the "
+                                            "producer encodes.")
     encode_ms_mean: float | None = Field(description="Mean encode time per frame, milliseconds; null before frame 0.")
     subscribers: int = Field(description="Live WebSocket subscribers now.")
     codec: dict[str, Any] = Field(description="The CodecConfig fixed at creation.")
+    encoding: Literal["server", "producer"] = Field(description="Who encodes the frames (fixed at creation).")
 
     @classmethod
     def of(cls, info: SequenceInfo, subscribers: int) -> SequenceOut:
@@ -72,9 +79,10 @@ class SequenceOut(BaseModel):
             id=info.id, name=info.name, fps=info.fps, status="finished" if info.finished else "open",
             created_at=info.created_at, sh_degree=info.sh_degree, frames=info.frame_count,
             keyframes=len(info.keyframes), stream_bytes=info.stream_bytes, raw_bytes=info.raw_bytes,
-            ratio=round(info.raw_bytes / info.frame_bytes, 3) if info.frame_bytes else None,
+            ratio=(round(info.raw_bytes / info.frame_bytes, 3) if info.frame_bytes and info.encoding == "server"
+                   else None),
             encode_ms_mean=round(info.encode_ms / info.frame_count, 3) if info.frame_count else None,
-            subscribers=subscribers, codec=info.codec)
+            subscribers=subscribers, codec=info.codec, encoding=info.encoding)  # type: ignore[arg-type]
 
 
 class BatchOut(BaseModel):

@@ -10,6 +10,13 @@ The ``FrameEncoder`` of a sequence lives in memory. It is trusted only while eve
 encoded is stored: after any failure (and after a restart) the next frame gets a fresh encoder,
 whose first frame is a keyframe, i.e. a new GOP.
 
+Producer-encoded sequences (``encoding="producer"``, docs/API.md) take protocol messages
+instead of PLYs: each upload is checked fully (protocol limits and schema, the stream header of
+frame 0 against the sequence, index, pts, GOP length, Gaussian count, and the codec by decoding
+it with the sequence's ``FrameDecoder``) and then stored byte for byte as sent. That decoder is
+trusted like the encoder: when it is missing (a restart, a lease takeover, a failed commit) it
+is rebuilt by decoding the stored open GOP again, so the producer may go on with interframes.
+
 Scale-out (``leases`` given, docs/SCALEOUT.md): a replica encodes a sequence only while it holds
 the sequence's encoder lease (``lease.py``); otherwise ``put_frame`` and ``finish`` raise
 ``NotHolder`` naming the holder (the routes forward the request there), or, with ``takeover``
@@ -26,11 +33,42 @@ import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError, read_ply
-from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, encode_message
-from splatcast.server.errors import BadRequest, Conflict, Invalid, NotFound, NotHolder, TooLarge, TooMany, Unavailable
+from splatcast.codec import (
+    CODEC_NAME,
+    CODEC_VERSION,
+    CodecConfig,
+    CodecError,
+    FrameDecoder,
+    FrameEncoder,
+    PlyError,
+    check_codec,
+    read_ply,
+)
+from splatcast.protocol import (
+    MEDIA_TYPE,
+    EndOfStream,
+    ErrorMessage,
+    FrameMessage,
+    LimitExceeded,
+    Limits,
+    ProtocolError,
+    StreamDecoder,
+    StreamHeader,
+    encode_message,
+)
+from splatcast.server.errors import (
+    BadRequest,
+    Conflict,
+    Invalid,
+    NotFound,
+    NotHolder,
+    TooLarge,
+    TooMany,
+    Unavailable,
+    UnsupportedMedia,
+)
 from splatcast.server.hub import Broadcaster, Item
 from splatcast.server.metrics import Metrics
 from splatcast.server.settings import Settings
@@ -40,6 +78,9 @@ if TYPE_CHECKING:  # redis is needed only for scale-out
     from splatcast.server.lease import Leases
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+ENCODINGS = ("server", "producer")
+"""Who encodes a sequence's frames: the server (uploads are PLYs) or the producer (uploads are
+protocol messages, checked by decoding them)."""
 
 
 @dataclass
@@ -64,6 +105,9 @@ class Sequences:
         self._locks: dict[str, asyncio.Lock] = {}
         self._header_reads: dict[tuple[str, int], asyncio.Future[bytes]] = {}
         self._encoders: dict[str, FrameEncoder] = {}
+        self._decoders: dict[str, FrameDecoder] = {}  # producer-encoded sequences: the check's decoder
+        self.limits = Limits(max_message_bytes=min(settings.max_upload_bytes, (1 << 32) - 1),
+                             max_gaussians=settings.max_gaussians)  # of uploaded messages
         self._pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="splatcast-encode")
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="splatcast-hash")
 
@@ -101,12 +145,17 @@ class Sequences:
     def _read_header(self, seq_id: str, header_bytes: int) -> bytes:
         return self.storage.read(seq_id, 0, header_bytes or self.get(seq_id).header_bytes)
 
-    def create(self, name: str, fps: float, codec: dict, seq_id: str | None = None) -> SequenceInfo:
-        """Store a new empty open sequence (blocking: SQLite). ``Invalid`` for a bad id or codec
-        options (including integers the stream header cannot carry), ``TooMany`` over
+    def create(self, name: str, fps: float, codec: dict, seq_id: str | None = None,
+               encoding: str = "server") -> SequenceInfo:
+        """Store a new empty open sequence (blocking: SQLite). ``encoding``: one of ``ENCODINGS``;
+        a producer encodes with ``CodecConfig.from_dict(info.codec)`` (any device) and sends
+        ``info.codec`` as its stream header's ``codec_params``. ``Invalid`` for a bad id, encoding
+        or codec options (including integers the stream header cannot carry), ``TooMany`` over
         ``max_sequences``, ``Conflict`` when the id is taken."""
         if seq_id is not None and not re.match(ID_PATTERN, seq_id):
             raise Invalid(f"invalid sequence id {seq_id!r}: use 1-64 of A-Z a-z 0-9 _ - (not first)")
+        if encoding not in ENCODINGS:
+            raise Invalid(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         try:
             config = CodecConfig.from_dict({**self.settings.codec_defaults, **codec, "device": self.settings.device})
             StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION, codec_params=config.to_dict(), sh_degree=0,
@@ -116,7 +165,7 @@ class Sequences:
         if len(self.storage.list()) >= self.settings.max_sequences:
             raise TooMany(f"the server already stores {self.settings.max_sequences} sequences")
         info = SequenceInfo(id=seq_id or secrets.token_hex(6), name=name, fps=fps, codec=config.to_dict(),
-                            created_at=time.time())
+                            created_at=time.time(), encoding=encoding)
         try:
             self.storage.create(info)
         except KeyError:
@@ -135,7 +184,7 @@ class Sequences:
             lease = await asyncio.to_thread(self.leases.acquire, seq_id)
             if lease.mine:
                 if lease.new:  # someone else may have encoded meanwhile: start a new GOP
-                    self._encoders.pop(seq_id, None)
+                    self._forget(seq_id)
                     self.metrics.lease_events.labels("acquired").inc()
                 return lease.value
             if not takeover:
@@ -147,25 +196,34 @@ class Sequences:
                                   self.settings.retry_after_s)
             await asyncio.sleep(0.1)
 
+    def _forget(self, seq_id: str) -> None:
+        """Drop the sequence's codec state (encoder, or the check's decoder): it no longer matches
+        what is stored. The next frame starts a new GOP (server-encoded) or rebuilds the decoder."""
+        self._encoders.pop(seq_id, None)
+        self._decoders.pop(seq_id, None)
+
     async def _lost(self, seq_id: str) -> None:
         """A commit failed: forget the encoder, and give the lease back if it is still ours (the next
         frame takes a new epoch at once: a new GOP, fenced from anything of this attempt)."""
-        self._encoders.pop(seq_id, None)
+        self._forget(seq_id)
         if self.leases is not None:
             await asyncio.to_thread(self.leases.release, seq_id)
             self.metrics.lease_events.labels("lost").inc()
 
-    async def put_frame(self, seq_id: str, index: int, body: bytes | bytearray, takeover: bool = False) -> Ingested:
+    async def put_frame(self, seq_id: str, index: int, body: bytes | bytearray, takeover: bool = False,
+                        encoded: bool = False) -> Ingested:
         """Store frame ``index`` (the next one), or confirm a retry of a stored identical frame.
 
-        ``body`` is one PLY file; its SHA-256 (stored, compared for retries) is computed in a
-        thread of its own while the frame is parsed and encoded (41 MB take about 40 ms).
+        ``body`` is one PLY file, or with ``encoded`` (a producer-encoded sequence) the frame's
+        protocol messages: frame 0's stream header and frame message, one frame message for every
+        later frame (checked as ``_check_and_store`` says, stored as sent). Its SHA-256 (stored,
+        compared for retries) is computed in a thread of its own meanwhile (41 MB take about 40 ms).
         Refusals: ``NotFound``, ``Conflict``, ``TooLarge``, ``BadRequest``, ``Invalid``,
-        ``StorageError``.
+        ``UnsupportedMedia`` (``encoded`` does not match the sequence's encoding), ``StorageError``.
         """
         self.metrics.encode_pending.inc()
         try:
-            ingested = await self._put_frame(seq_id, index, body, takeover)
+            ingested = await self._put_frame(seq_id, index, body, takeover, encoded)
         except NotHolder:
             self.metrics.frame_uploads.labels("forwarded").inc()
             raise
@@ -177,10 +235,16 @@ class Sequences:
         self.metrics.frame_uploads.labels("stored" if ingested.created else "retry").inc()
         return ingested
 
-    async def _put_frame(self, seq_id: str, index: int, body: bytes | bytearray, takeover: bool) -> Ingested:
+    async def _put_frame(self, seq_id: str, index: int, body: bytes | bytearray, takeover: bool,
+                         encoded: bool) -> Ingested:
         async with await self._lock(seq_id):
             digest = self._hasher.submit(_sha256, body)
             info = await asyncio.to_thread(self.get, seq_id)
+            if encoded != (info.encoding == "producer"):
+                raise UnsupportedMedia(
+                    f"sequence {seq_id!r} is encoded by the producer: send its encoded frames as {MEDIA_TYPE}"
+                    if info.encoding == "producer" else
+                    f"sequence {seq_id!r} is encoded by the server: send PLY files, not {MEDIA_TYPE}")
             if index < info.frame_count:
                 return await asyncio.to_thread(self._check_retry, seq_id, index, await asyncio.wrap_future(digest))
             if info.finished:
@@ -190,9 +254,10 @@ class Sequences:
             if index >= self.settings.max_frames:
                 raise TooLarge(f"sequence {seq_id!r} reached the limit of {self.settings.max_frames} frames")
             fence = await self._fence(seq_id, takeover)
+            store = self._check_and_store if encoded else self._encode_and_store
             try:
                 record, message = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._encode_and_store, info, index, body, digest, fence)
+                    self._pool, store, info, index, body, digest, fence)
             except Unavailable:
                 await self._lost(seq_id)  # lease lost or backbone down: the next frame starts a new GOP
                 raise
@@ -242,6 +307,87 @@ class Sequences:
         self.metrics.frames_encoded.labels(record.frame_type).inc()
         return record, message
 
+    def _check_and_store(self, info: SequenceInfo, index: int, body: bytes | bytearray,
+                         digest: Future[str], fence: str | None = None) -> tuple[FrameRecord, bytes]:
+        """Check a producer-encoded frame fully, then store it byte for byte.
+
+        Checks, in order: the protocol (``self.limits`` before each allocation, the schema), the
+        body's messages (frame 0: a stream header then a frame message; later: one frame message),
+        the header against the sequence (this server's codec and version, ``codec_params`` equal
+        to the sequence's codec, its fps and name, no frame count), the frame's index (the URL's),
+        pts (index / fps) and GOP length (a keyframe at least every ``gop`` frames), then decodes
+        it with the sequence's decoder (which refuses an intra or interframe before any keyframe
+        and any payload inconsistent with itself or its Gaussian count) and checks its SH degree.
+        Refusals: ``BadRequest`` (malformed), ``TooLarge`` (a protocol limit), ``Invalid`` (the
+        codec or the sequence's settings refuse it); the decoder is unchanged by a refused frame
+        (a keyframe is decoded by a fresh one, as it needs no earlier state).
+        """
+        received_at = time.time()
+        t0 = time.perf_counter()
+        decoder_in = StreamDecoder(self.limits)
+        try:
+            messages = decoder_in.feed(body)
+            decoder_in.close()
+        except LimitExceeded as e:
+            raise TooLarge(f"frame {index}: {e}") from None
+        except ProtocolError as e:
+            raise BadRequest(f"frame {index}: not a valid {MEDIA_TYPE} body: {e}") from None
+        expected = (StreamHeader, FrameMessage) if index == 0 else (FrameMessage,)
+        if tuple(map(type, messages)) != expected:
+            raise BadRequest(f"frame {index}: expected the messages {[c.__name__ for c in expected]}, got "
+                             f"{[type(m).__name__ for m in messages]}")
+        header = cast(StreamHeader, messages[0]) if index == 0 else None
+        msg = cast(FrameMessage, messages[-1])
+        header_bytes = decoder_in.last_sizes[0] if header is not None else 0
+        if header is not None:
+            _check_header(header, info)
+        if msg.index != index:
+            raise BadRequest(f"frame message has index {msg.index}, uploaded as frame {index}")
+        if msg.pts != index / info.fps:
+            raise Invalid(f"frame {index}: pts {msg.pts!r} is not index / fps = {index / info.fps!r}")
+        gop = info.codec.get("gop")
+        if (msg.frame_type != "keyframe" and info.keyframes and isinstance(gop, int)
+                and index - info.keyframes[-1] >= gop):
+            raise Invalid(f"frame {index} must be a keyframe: the sequence's GOP is {gop} frames and the last "
+                          f"keyframe is frame {info.keyframes[-1]}")
+        previous = self._decoders.pop(info.id, None)
+        keyframe = msg.frame_type == "keyframe"  # needs no earlier state: a fresh decoder, the previous one kept
+        decoder = FrameDecoder() if keyframe else previous or self._rebuild_decoder(info)
+        sh_degree = header.sh_degree if header is not None else info.sh_degree
+        try:
+            frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
+            error = None if frame.sh_degree == sh_degree else \
+                f"frame {index} has SH degree {frame.sh_degree}, the sequence has {sh_degree}"
+        except CodecError as e:
+            error = f"frame {index} does not decode: {e}"
+        if error is not None:
+            kept = previous if keyframe else decoder  # neither was changed by the refused frame
+            if kept is not None:
+                self._decoders[info.id] = kept
+            raise Invalid(error)
+        check_ms = (time.perf_counter() - t0) * 1000
+        self.metrics.check_seconds.labels(msg.frame_type).observe(check_ms / 1000)
+        view = memoryview(body)
+        message = bytes(view[header_bytes:])
+        record = FrameRecord(index=index, frame_type=msg.frame_type, num_gaussians=msg.num_gaussians,
+                             raw_bytes=len(body), sha256=digest.result(), encode_ms=check_ms, received_at=received_at)
+        record = self.storage.append(info.id, record, message, header=bytes(view[:header_bytes]) or None,
+                                     sh_degree=frame.sh_degree, fence=fence)
+        self._decoders[info.id] = decoder  # trusted again: everything it decoded is stored
+        return record, message
+
+    def _rebuild_decoder(self, info: SequenceInfo) -> FrameDecoder:
+        """A decoder at the end of the stored stream: the stored open GOP (from the last keyframe)
+        decoded again (blocking: storage reads; at 250k Gaussians about 40 ms a frame on a CPU)."""
+        decoder = FrameDecoder()
+        if info.keyframes:
+            rows = self.storage.frames(info.id, info.keyframes[-1])
+            data = self.storage.read(info.id, rows[0].offset, rows[-1].offset + rows[-1].length - rows[0].offset)
+            for msg in StreamDecoder(self.limits).feed(data):
+                assert isinstance(msg, FrameMessage)
+                decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
+        return decoder
+
     async def finish(self, seq_id: str, takeover: bool = False) -> SequenceInfo:
         """Append the end message (idempotent: finishing a finished sequence changes nothing)."""
         async with await self._lock(seq_id):
@@ -257,7 +403,7 @@ class Sequences:
             except Unavailable:
                 await self._lost(seq_id)
                 raise
-            self._encoders.pop(seq_id, None)
+            self._forget(seq_id)
             if self.leases is not None:
                 await asyncio.to_thread(self.leases.release, seq_id)
             self.hub.publish(seq_id, Item("end", message))
@@ -267,12 +413,28 @@ class Sequences:
         async with await self._lock(seq_id):
             if not await asyncio.to_thread(self.storage.delete, seq_id):
                 raise NotFound(f"no sequence {seq_id!r}")
-            self._encoders.pop(seq_id, None)
+            self._forget(seq_id)
             if self.leases is not None:
                 await asyncio.to_thread(self.leases.release, seq_id)
             message = encode_message(ErrorMessage(code="deleted", message=f"sequence {seq_id!r} was deleted"))
             self.hub.publish(seq_id, Item("error", message))
         self._locks.pop(seq_id, None)
+
+
+def _check_header(header: StreamHeader, info: SequenceInfo) -> None:
+    """``Invalid`` unless a producer's stream header is the one the server would write for ``info``."""
+    try:
+        check_codec(header.codec, header.codec_version)
+    except CodecError as e:
+        raise Invalid(f"stream header: {e}") from None
+    if header.codec_params != info.codec:
+        differ = sorted(k for k in {*header.codec_params, *info.codec}
+                        if header.codec_params.get(k, ...) != info.codec.get(k, ...))
+        raise Invalid(f"stream header: codec_params differ from the sequence's codec settings in {differ} "
+                      "(encode with the sequence's codec as GET /v1/sequences/ID gives it)")
+    if header.fps != info.fps or header.name != info.name or header.frame_count is not None:
+        raise Invalid(f"stream header: fps {header.fps!r}, name {header.name!r} and frame_count "
+                      f"{header.frame_count!r} must be the sequence's ({info.fps!r}, {info.name!r}, None)")
 
 
 def _sha256(body: bytes | bytearray) -> str:

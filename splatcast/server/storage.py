@@ -68,6 +68,7 @@ class SequenceInfo:
     fps: float
     codec: dict  # CodecConfig.to_dict() fixed at creation
     created_at: float  # unix time
+    encoding: str = "server"  # "server": the server encodes uploaded PLYs; "producer": uploads are encoded messages
     finished: bool = False
     sh_degree: int | None = None  # known once frame 0 is stored
     header_bytes: int = 0  # length of the header message at offset 0 (0 before frame 0)
@@ -122,7 +123,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sequences (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, fps REAL NOT NULL, codec TEXT NOT NULL,
     created_at REAL NOT NULL, finished INTEGER NOT NULL DEFAULT 0, sh_degree INTEGER,
-    header_bytes INTEGER NOT NULL DEFAULT 0, end_bytes INTEGER NOT NULL DEFAULT 0);
+    header_bytes INTEGER NOT NULL DEFAULT 0, end_bytes INTEGER NOT NULL DEFAULT 0,
+    encoding TEXT NOT NULL DEFAULT 'server');
 CREATE TABLE IF NOT EXISTS frames (
     seq_id TEXT NOT NULL REFERENCES sequences(id) ON DELETE CASCADE, idx INTEGER NOT NULL,
     frame_type TEXT NOT NULL, num_gaussians INTEGER NOT NULL, raw_bytes INTEGER NOT NULL,
@@ -156,6 +158,8 @@ class SqliteStorage:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        if "encoding" not in {row[1] for row in self._db.execute("PRAGMA table_info(sequences)")}:
+            self._db.execute("ALTER TABLE sequences ADD COLUMN encoding TEXT NOT NULL DEFAULT 'server'")  # older index
 
     def close(self) -> None:
         with self._lock:
@@ -184,8 +188,9 @@ class SqliteStorage:
     def create(self, info: SequenceInfo) -> None:
         with _faults(f"creating sequence {info.id}"):
             try:
-                self._write("INSERT INTO sequences (id, name, fps, codec, created_at) VALUES (?, ?, ?, ?, ?)",
-                            info.id, info.name, info.fps, json.dumps(info.codec), info.created_at)
+                self._write("INSERT INTO sequences (id, name, fps, codec, created_at, encoding)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
+                            info.id, info.name, info.fps, json.dumps(info.codec), info.created_at, info.encoding)
             except sqlite3.IntegrityError:
                 raise KeyError(info.id) from None
         with _faults(f"creating the stream file of {info.id}"):
@@ -197,13 +202,14 @@ class SqliteStorage:
             rows = self._db.execute(
                 "SELECT s.id, s.name, s.fps, s.codec, s.created_at, s.finished, s.sh_degree, s.header_bytes,"
                 " s.end_bytes, COUNT(f.idx), COALESCE(SUM(f.length), 0), COALESCE(SUM(f.raw_bytes), 0),"
-                " COALESCE(SUM(f.encode_ms), 0), GROUP_CONCAT(CASE WHEN f.frame_type = 'keyframe' THEN f.idx END)"
+                " COALESCE(SUM(f.encode_ms), 0), GROUP_CONCAT(CASE WHEN f.frame_type = 'keyframe' THEN f.idx END),"
+                " s.encoding"
                 f" FROM sequences s LEFT JOIN frames f ON f.seq_id = s.id {where}"
                 " GROUP BY s.id ORDER BY s.created_at, s.id", params).fetchall()
         return [SequenceInfo(id=r[0], name=r[1], fps=r[2], codec=json.loads(r[3]), created_at=r[4],
                              finished=bool(r[5]), sh_degree=r[6], header_bytes=r[7], end_bytes=r[8],
                              frame_count=r[9], frame_bytes=r[10], raw_bytes=r[11], encode_ms=r[12],
-                             keyframes=sorted(int(k) for k in r[13].split(",")) if r[13] else [])
+                             keyframes=sorted(int(k) for k in r[13].split(",")) if r[13] else [], encoding=r[14])
                 for r in rows]
 
     def list(self) -> list[SequenceInfo]:
