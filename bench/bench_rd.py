@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from bench_codec import SEQUENCES, generate, run  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from splatcast.codec import QUALITIES, CodecConfig  # noqa: E402
 
@@ -90,7 +90,9 @@ def plot(rows: list[dict], path: Path, peers: list[dict]) -> None:
                 ax.annotate(f"{p['frames']} fr, {p['mode']}", (p["bpg"], p["psnr"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=6, color=colour)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.margins(x=0.15)  # room for the labels of the outermost points
+        ax.xaxis.set_major_locator(FixedLocator([1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bytes per Gaussian (all frames; log)")
         ax.set_ylabel("PSNR dB (4 views, 256 px)")
