@@ -216,6 +216,8 @@ def main() -> None:
     coders = {"gsvvcompressor": lambda: gsvv_coder(a.gsvv_venv, a.gsvv_src),
               "splats4d": lambda: splats4d_coder(a.splats4d_venv), "splat input": lambda: splat_input}
     peers = {p: c for p in a.peers.split(",") if (c := coders[p]()) is not None}
+    if not peers:
+        return
     print(f"load average at the start (1, 5, 15 min): {os.getloadavg()}")
     warnings.simplefilter("ignore", UserWarning)  # read_ply: the peers' extra PLY properties
     rows = []
