@@ -2,7 +2,7 @@
 
 usage: python bench/bench_rd.py [--seq A,B,C,D] [--frames 10] [--psnr-every 3] [--workdir DIR]
                                 [--presets preview,medium,high,near-lossless] [--json OUT.json]
-                                [--plot docs/rd.png] [--from-json IN.json ...]
+                                [--plot docs/rd.png] [--from-json IN.json ...] [--peers bench/peers.json]
 
 For every sequence of bench/bench_codec.py (A tile SH3 tracked, B playbot 250k tracked + jitter,
 C biker tracked, D loot untracked) and every preset of ``splatcast.codec.QUALITIES``: the first
@@ -10,8 +10,9 @@ C biker tracked, D loot untracked) and every preset of ``splatcast.codec.QUALITI
 Gaussians of all frames, PSNR = mean over every --psnr-every-th frame (frame 0 included) of
 ``view_quality`` (4 orbit views, 256 px). The figure (matplotlib, one panel per sequence) draws
 the presets' curve, the version-1 codec's point (its measured keyframe and interframe
-figures over the same 10 frames, docs/CODEC.md sections 9-10) and the peers' recorded
-figures (constants below: they are not run).
+figures over the same 10 frames, docs/CODEC.md sections 9-10) and the peers' measured points
+(B/G and mean PSNR by the same metric) read from --peers, which ``bench/bench_peers.py`` writes
+(the peers are not run here; a missing file leaves them out).
 --from-json redraws a figure from a previous --json without encoding anything.
 """
 
@@ -27,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from bench_codec import SEQUENCES, generate, run  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from splatcast.codec import QUALITIES, CodecConfig  # noqa: E402
 
@@ -40,11 +41,6 @@ V1 = {  # splatcast-vq version 1 (all attributes VQ) over the first 10 frames, f
     "B": (1.85, 39.73),
     "C": (2.14, 40.77),
     "D": (1.16, 57.04),
-}
-PEERS = {  # B/G recorded in issue 2 on these sequences (same machine): keyframe, interframe.
-    # Their rendered-view PSNR was not measured here (the peers are not run by this script).
-    "gsvvcompressor 1.2.0": {"A": (12.8, 6.9), "B": (16.8, 6.4), "C": (12.3, 8.5), "D": (3.0, 3.0)},
-    "splats4d 0.1.0": {"A": (21.6, 2.35), "B": (19.5, 2.33), "C": (19.4, 2.46), "D": (3.0, 3.0)},
 }
 
 
@@ -74,7 +70,11 @@ def measure(seqs: list[str], presets: list[str], frames: int, psnr_every: int, w
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+PEER_STYLE = {"gsvvcompressor": ("D", "C1"), "splats4d": ("^", "C2")}  # peer -> marker, colour
+
+
+def plot(rows: list[dict], path: Path, peers: list[dict]) -> None:
+    """One panel per sequence of ``rows`` (bench_rd rows); ``peers``: bench_peers.py rows."""
     seqs = sorted({r["seq"] for r in rows})
     fig, axes = plt.subplots(1, len(seqs), figsize=(4.2 * len(seqs), 4.0), squeeze=False)
     for ax, name in zip(axes[0], seqs):
@@ -83,19 +83,25 @@ def plot(rows: list[dict], path: Path) -> None:
         for r in mine:
             ax.annotate(r["preset"], (r["bpg"], r["psnr"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.plot(*V1[name], "s", color="C3", label="splatcast v1 (default)")
-        for i, (peer, figures) in enumerate(PEERS.items()):
-            key, inter = figures[name]
-            ax.axvspan(min(key, inter), max(key, inter), color=f"C{i + 1}", alpha=0.15,
-                       label=f"{peer}: inter..key B/G (PSNR not measured)")
+        for p in peers:
+            if p["seq"] == name and p["peer"] in PEER_STYLE:
+                marker, colour = PEER_STYLE[p["peer"]]
+                ax.plot(p["bpg"], p["psnr"], marker, color=colour, label=f"{p['peer']} (default settings)")
+                ax.annotate(f"{p['frames']} fr, {p['mode']}", (p["bpg"], p["psnr"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=6, color=colour)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.margins(x=0.15)  # room for the labels of the outermost points
+        ax.xaxis.set_major_locator(FixedLocator([1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bytes per Gaussian (all frames; log)")
         ax.set_ylabel("PSNR dB (4 views, 256 px)")
         ax.set_title(f"{name}: {SEQUENCES[name][2]}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    legend = {}  # label -> handle, over all panels (a peer may be missing from some)
+    for ax in axes[0]:
+        legend.update({lab: h for h, lab in zip(*ax.get_legend_handles_labels())})
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -112,6 +118,8 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="write the figure here (PNG)")
     ap.add_argument("--from-json", type=Path, action="append",
                     help="plot the rows of a previous --json run (repeat: later files replace earlier rows)")
+    ap.add_argument("--peers", type=Path, default=Path(__file__).with_name("peers.json"),
+                    help="the peers' measured points (bench/bench_peers.py --json)")
     a = ap.parse_args()
     if a.from_json:
         merged = {(r["seq"], r["preset"]): r for path in a.from_json for r in json.loads(path.read_text())}
@@ -128,7 +136,7 @@ def main() -> None:
         print(f"| {r['seq']} | {r['preset']} | {r['bpg']:.2f} | {r['key_bpg']:.2f} | {r['other_bpg']:.2f} "
               f"| {r['psnr']:.2f} ({r['psnr_min']:.2f}) | {r['types']} |")
     if a.plot:
-        plot(rows, a.plot)
+        plot(rows, a.plot, json.loads(a.peers.read_text()) if a.peers.exists() else [])
 
 
 if __name__ == "__main__":
