@@ -102,7 +102,9 @@ def test_tracked_sequence_round_trip(tile_frames):
 
 def test_untracked_loot_round_trip(loot_frames):
     result = round_trip(loot_frames)
-    assert [enc.frame_type for enc, *_ in result] == ["keyframe"] + ["intra"] * 9
+    # predicted interframes (docs/CODEC.md section 6b): the count changes, voxels persist
+    assert [enc.frame_type for enc, *_ in result] == ["keyframe"] + ["interframe"] * 9
+    assert all("kept" in enc.payload for enc, *_ in result[1:])
     assert result[0][0].payload["step"] == pytest.approx(0.0078125, rel=1e-5)  # the voxel lattice
     for enc, _, err, size in result:
         assert err["position_max_abs"] <= 1e-3  # within 1 mm (the voxels are 7.8 mm)
@@ -268,10 +270,11 @@ def test_presets_are_ordered():
         assert fine.sh_rest <= coarse.sh_rest or coarse.sh_rest == 0  # 0: vector-quantised
 
 
-def test_version_1_streams_are_refused():
+def test_versions_1_and_2_are_refused():
     check_codec(CODEC_NAME, CODEC_VERSION)
-    with pytest.raises(CodecError, match="version 1 is not supported.*re-encode"):
-        check_codec(CODEC_NAME, 1)
+    for old in (1, 2):
+        with pytest.raises(CodecError, match=f"version {old} is not supported.*re-encode"):
+            check_codec(CODEC_NAME, old)
     with pytest.raises(CodecError, match="is not 'splatcast-vq'"):
         check_codec("other", CODEC_VERSION)
 
@@ -282,3 +285,23 @@ def test_leaving_a_scalar_range_forces_a_keyframe(tile_frames):
     brighter = replace(f, sh0=f.sh0 + 20.0)
     types = [enc.frame_type for enc, *_ in round_trip([f, f, brighter, brighter])]
     assert types == ["keyframe", "interframe", "keyframe", "interframe"]
+
+
+def test_predicted_interframes_reject_inconsistent_payloads(loot_frames):
+    """A predicted interframe whose counts or shift do not fit its reference is a
+    CodecError, and the decoder keeps its state."""
+    encoder = FrameEncoder(CodecConfig(device="cpu"))
+    key, pred = encoder.encode(loot_frames[0]), encoder.encode(loot_frames[1])
+    assert "kept" in pred.payload
+    decoder = FrameDecoder()
+    decoder.decode("keyframe", key.num_gaussians, key.payload)
+    state = decoder.state
+    p = pred.payload
+    too_far = dict(p, shift=np.array([2**17, 0, 0], np.int32))
+    for payload, n, match in ((p, pred.num_gaussians + 1, "kept rows"), (too_far, pred.num_gaussians, "shift"),
+                              ({k: v for k, v in p.items() if k != "shift"}, pred.num_gaussians, "expected keys")):
+        with pytest.raises(CodecError, match=match):
+            decoder.decode("interframe", n, payload)
+        assert decoder.state is state
+    dec = decoder.decode("interframe", pred.num_gaussians, p)
+    assert torch.equal(dec.means, pred.reconstruction.means) and torch.equal(dec.sh0, pred.reconstruction.sh0)

@@ -7,7 +7,7 @@ docs/CODEC.md get bit-identical frames.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,6 +28,11 @@ SCALAR_DTYPES = (np.uint8, np.uint16)
 
 MAX_Q = 2**24
 """Decoded integer coordinates stay in (-MAX_Q, MAX_Q) so they are exact in float32."""
+PREDICTED_BITS = 17
+"""Predicted interframes (docs/CODEC.md section 6b) hold grid coordinates in [0, 2**17): their
+Morton codes (< 2**51) are exact in a float64, as JavaScript numbers."""
+RANK_ROWS = 1024
+"""Codebooks of at most this many rows code a predicted interframe's ids as ranks (section 6b)."""
 
 _INT = (np.int8, np.int16, np.int32)
 
@@ -57,6 +62,8 @@ class DecoderState:
     origin: np.ndarray  # [3] float32
     q: np.ndarray  # [N, 3] int32 grid coordinates
     ids: dict[str, np.ndarray]  # name -> [N] uint8/uint16 (VQ) or [D, N] uint8/uint16 (scalar)
+    tables: dict[str, np.ndarray] = field(default_factory=dict)  # name -> rank_table, made when
+    # first needed and shared by the states of a GOP (same codebooks)
 
     @property
     def num_gaussians(self) -> int:
@@ -77,6 +84,8 @@ def decode_payload(state: DecoderState | None, frame_type: str, num_gaussians: i
     if frame_type == "intra":
         return _intra(state, num_gaussians, payload)
     if frame_type == "interframe":
+        if "kept" in payload:
+            return _predicted(state, num_gaussians, payload)
         return _interframe(state, num_gaussians, payload)
     raise CodecError(f"unknown frame type {frame_type!r}")
 
@@ -188,7 +197,7 @@ def _intra(state: DecoderState, n: int, p: dict) -> DecoderState:
     _keys(p, {"origin", "morton", "ids", "ids_delta"}, "intra payload")
     origin, q = _positions(n, p)
     ids = _ids(n, p, state.codebooks, {name: (state.ids[name].dtype.type,) for name in state.scalar})
-    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, origin, q, ids)
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, origin, q, ids, state.tables)
 
 
 def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
@@ -222,7 +231,115 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
             _check_ids(changed, state.codebooks[name].shape[0], f"id_values.{name}")
         ids[name] = old.copy()
         ids[name][..., rows] = changed
-    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, state.origin, q, ids)
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, state.origin, q, ids,
+                        state.tables)
+
+
+def _predicted(state: DecoderState, n: int, p: dict) -> DecoderState:
+    """A predicted interframe (docs/CODEC.md section 6b): the previous frame's voxels that are
+    kept, new Morton codes, and each row's values against a prediction."""
+    _keys(p, {"origin", "shift", "kept", "morton", "values"}, "predicted interframe payload")
+    origin = _array(p, "origin", (np.float32,), (3,), "origin")
+    if not np.isfinite(origin).all():
+        raise CodecError("origin must be finite")
+    shift = _array(p, "shift", (np.int32,), (3,), "shift").astype(np.int64)
+    prev_codes, prev_rows = previous_codes(state, shift)
+    kept = _mask(p, "kept", len(prev_rows), "kept")
+    planes = _array(p, "morton", (np.uint8,), (None, None), "morton")
+    if planes.shape[0] not in (1, 2, 4, 8):
+        raise CodecError(f"morton: {planes.shape[0]} byte planes, expected 1, 2, 4 or 8")
+    if int(kept.sum()) + planes.shape[1] != n:
+        raise CodecError(f"kept rows ({int(kept.sum())}) + new codes ({planes.shape[1]}) != {n} Gaussians")
+    deltas = np.ascontiguousarray(planes.T).view(f"<u{planes.shape[0]}").reshape(-1).astype(np.uint64)
+    new_codes = np.cumsum(deltas, dtype=np.uint64)
+    if len(deltas) and (int(deltas.max()) >= 2 ** (3 * PREDICTED_BITS) or np.any(new_codes[1:] < new_codes[:-1])
+                        or int(new_codes[-1]) >= 2 ** (3 * PREDICTED_BITS)):
+        raise CodecError(f"morton: new codes beyond {PREDICTED_BITS} bits per axis")
+    codes = np.concatenate([prev_codes[kept], new_codes])
+    order = np.argsort(codes, kind="stable")  # kept rows first among equal codes
+    source = np.concatenate([prev_rows[kept], np.full(len(new_codes), -1)])[order]  # previous row or -1
+    names = list(state.ids)
+    values = _dict(p, "values", names)
+    ids = {}
+    for name in names:
+        old = state.ids[name]
+        v = _array(values, name, (old.dtype.type,), old.shape[:-1] + (n,), f"values.{name}")
+        ids[name] = predict_values(state, name, source, v)
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, origin,
+                        morton.decode(codes[order]), ids, state.tables)
+
+
+def previous_codes(state: DecoderState, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The previous frame's Morton codes [M] uint64 on the new grid (its q + ``shift``), sorted
+    (ties by row), and the previous row of each [M] int64. Raises ``CodecError`` when a shifted
+    coordinate leaves [0, 2**PREDICTED_BITS)."""
+    q = state.q.astype(np.int64) + shift
+    if q.size and (int(q.min()) < 0 or int(q.max()) >= 2**PREDICTED_BITS):
+        raise CodecError(f"shift moves the previous frame beyond [0, 2**{PREDICTED_BITS}) steps")
+    codes = morton.encode(q)
+    rows = np.argsort(codes, kind="stable")
+    return codes[rows], rows
+
+
+def rank_table(codebook: np.ndarray) -> np.ndarray:
+    """[K, K] uint16: row a lists the codebook's ids by squared distance to entry a (float64
+    (c[a, d] - c[b, d])**2 summed over d in order from 0), ties by id (docs/CODEC.md 6b)."""
+    c = codebook.astype(np.float64)
+    dist = np.zeros((len(c), len(c)))
+    for d in range(c.shape[1]):
+        dist += (c[:, None, d] - c[None, :, d]) ** 2
+    return np.argsort(dist, axis=1, kind="stable").astype(np.uint16)
+
+
+def ranked(state: DecoderState, name: str) -> np.ndarray | None:
+    """The ``rank_table`` of a group whose codebook has at most RANK_ROWS rows (made once per
+    GOP, kept in ``state.tables``), else None (a scalar group or a larger codebook)."""
+    if name not in state.codebooks or state.codebooks[name].shape[0] > RANK_ROWS:
+        return None
+    if name not in state.tables:
+        state.tables[name] = rank_table(state.codebooks[name])
+    return state.tables[name]
+
+
+def predict_values(state: DecoderState, name: str, source: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Values of one group of a predicted interframe (docs/CODEC.md section 6b) from its coded
+    ``v`` ([N] or [D, N]) and ``source`` [N] (each row's previous row, -1 for a new voxel).
+
+    A kept row is predicted by its previous value, a new row by the row before it (0 for row 0);
+    codebooks of at most RANK_ROWS rows code the rank of the id in the predictor's row of
+    ``rank_table``, other groups the difference from the predictor modulo 2**8 or 2**16."""
+    old, n = state.ids[name], len(source)
+    kept = source >= 0
+    pred_kept = old[..., source[kept]]
+    table = ranked(state, name)
+    if table is not None:
+        if v.size and int(v.max()) >= table.shape[0]:
+            raise CodecError(f"values.{name}: rank {int(v.max())} out of range for a codebook of {table.shape[0]}")
+        out = np.zeros(n, old.dtype)
+        out[kept] = table[pred_kept, v[kept]]
+        # new rows follow the row before them: in runs, one step of every run at a time
+        new = np.flatnonzero(~kept)
+        depth = new - np.maximum.accumulate(np.where(kept, np.arange(n), -1))[new] - 1
+        prev_row = new - 1
+        for t in range(int(depth.max()) + 1 if len(new) else 0):
+            at = depth == t
+            rows = new[at]
+            before = np.where(prev_row[at] >= 0, out[np.maximum(prev_row[at], 0)], 0)
+            out[rows] = table[before, v[rows]]
+        return out
+    # differences modulo the type: a kept row adds to its previous value, a run of new rows
+    # adds up from the row before the run (0 before row 0)
+    last = np.maximum.accumulate(np.where(kept, np.arange(n), -1))  # [N] last kept row <= i
+    base = np.zeros(old.shape[:-1] + (n,), old.dtype)
+    base[..., kept] = pred_kept + v[..., kept]
+    steps = np.where(kept, 0, v).astype(old.dtype)
+    run = np.cumsum(steps, axis=-1, dtype=old.dtype)
+    start = np.where(last >= 0, last, 0)
+    out = np.where(last >= 0, base[..., start] + run - run[..., start], run)
+    out = out.astype(old.dtype)
+    if name in state.codebooks:
+        _check_ids(out, state.codebooks[name].shape[0], f"values.{name}")
+    return out
 
 
 # --- fields ------------------------------------------------------------------------------------

@@ -18,7 +18,16 @@ from scipy.spatial import cKDTree
 
 from splatcast.codec import kmeans, morton
 from splatcast.codec.config import CodecConfig, CodecError, Quality
-from splatcast.codec.decoder import MAX_Q, SCALAR_LIMIT, DecoderState, FrameDecoder, id_dtype
+from splatcast.codec.decoder import (
+    MAX_Q,
+    PREDICTED_BITS,
+    SCALAR_LIMIT,
+    DecoderState,
+    FrameDecoder,
+    id_dtype,
+    previous_codes,
+    ranked,
+)
 from splatcast.codec.frame import C0, GaussianFrame
 
 NN_SAMPLE = 10000
@@ -97,6 +106,8 @@ class FrameEncoder:
         self._scalar: dict[str, tuple[torch.Tensor, torch.Tensor, type]] = {}  # name -> offset [D],
         # step [D] (float64, the float32 values sent) and value dtype (scalar-quantised groups)
         self._near: dict[str, torch.Tensor] = {}  # name -> [K, L] nearest centroids of each
+        self._lattice = False  # whether the keyframe's positions lie on a lattice
+        self._inverse: dict[str, np.ndarray] = {}  # name -> [K, K] rank of id b in row a of rank_table
         self._intra_bpg = 0.0  # zstd bytes per Gaussian of the last keyframe/intra positions + ids
         self._unit = 1  # interframe position unit and dead zone (unit / 2), in steps
         self._limits: dict[str, float] = {}  # name -> L, see _limit
@@ -122,7 +133,9 @@ class FrameEncoder:
                 # an intra frame is only tried when an interframe is not clearly smaller
                 try_intra = inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n
                 intra = self._intra(state, means, ids) if try_intra else None
-                candidates = [c for c in (inter, intra) if c is not None]
+                # voxelised captures: a predicted interframe (kept voxels, new ones)
+                pred = self._predicted(state, means, ids) if try_intra and self._lattice else None
+                candidates = [c for c in (inter, intra, pred) if c is not None]
         if candidates:
             _, kind, payload, order = min(candidates)
             self._gop_pos += 1
@@ -140,6 +153,7 @@ class FrameEncoder:
 
     def _keyframe(self, means: np.ndarray, feats: dict[str, torch.Tensor]):
         step, self._unit, lattice = _step_and_unit(means, self.config)
+        self._lattice, self._inverse = lattice, {}
         origin, order, planes = _positions(means, step)
         codebooks, scalar, self._scalar = {}, {}, {}
         steps = _group_steps(self.config.steps, feats)
@@ -187,6 +201,56 @@ class FrameEncoder:
             return None  # the frame left the GOP's grid: a keyframe picks a new step
         payload = dict(origin=origin, morton=planes, **self._id_payload(ids, order))
         return _size(payload), "intra", payload, order
+
+    def _predicted(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]
+                   ) -> _Candidate | None:
+        """A predicted interframe against ``state`` (docs/CODEC.md section 6b), or None when the
+        positions do not fit PREDICTED_BITS per axis on the new grid.
+
+        The grid keeps this frame's own offset (origin = the positions' minimum, lowered by whole
+        steps so that the previous frame, shifted by the nearest whole number of steps, stays at
+        coordinates >= 0). Previous voxels are matched to this frame's by equal Morton codes (as
+        multisets); values are coded against ``predict_values``' predictions."""
+        step, n = float(state.step), len(means)
+        if not n or not state.num_gaussians:
+            return None
+        low = np.array([c.min() for c in means.T])  # per column: faster than min(0)
+        shift = np.rint((state.origin.astype(np.float64) - low) / step)
+        pad = np.maximum(0.0, -(shift + state.q.min(0)))
+        origin = (low - pad * step).astype(np.float32)
+        q = np.maximum(np.rint((means - origin.astype(np.float64)) / step), 0)
+        if q.max() >= 2**PREDICTED_BITS or (shift + pad + state.q.max(0)).max() >= 2**PREDICTED_BITS:
+            return None
+        codes = morton.encode(q.astype(np.int64))
+        order = np.argsort(codes, kind="stable")
+        codes = codes[order]
+        prev_codes, prev_rows = previous_codes(state, (shift + pad).astype(np.int64))
+        # multiset matching: the first min(count before, count now) rows of each code are kept
+        first_prev = np.searchsorted(prev_codes, codes, "left")
+        in_prev = np.searchsorted(prev_codes, codes, "right") - first_prev
+        occurrence = np.arange(n) - np.searchsorted(codes, codes, "left")
+        is_kept = occurrence < in_prev  # [N] codec rows
+        in_now = np.searchsorted(codes, prev_codes, "right") - np.searchsorted(codes, prev_codes, "left")
+        kept = np.arange(len(prev_codes)) - np.searchsorted(prev_codes, prev_codes, "left") < in_now
+        source = np.where(is_kept, prev_rows[np.minimum(first_prev + occurrence, len(prev_rows) - 1)], -1)
+        values = {}
+        for name, cur in self._ids_in_order(ids, order).items():
+            pred = np.concatenate([np.zeros(cur.shape[:-1] + (1,), cur.dtype), cur[..., :-1]], -1)
+            pred[..., is_kept] = state.ids[name][..., source[is_kept]]
+            table = ranked(state, name)
+            if table is None:
+                values[name] = cur - pred  # modulo the type
+                continue
+            if name not in self._inverse:
+                inverse = np.empty_like(table)
+                np.put_along_axis(inverse, table.astype(np.int64),
+                                  np.broadcast_to(np.arange(len(table), dtype=table.dtype), table.shape), 1)
+                self._inverse[name] = inverse
+            values[name] = self._inverse[name][pred, cur].astype(cur.dtype)
+        new = codes[~is_kept]
+        payload = dict(origin=origin, shift=(shift + pad).astype(np.int32), kept=_pack(kept),
+                       morton=_planes(np.diff(new, prepend=np.uint64(0))), values=values)
+        return _size(payload), "interframe", payload, order
 
     def _interframe(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]
                     ) -> _Candidate | None:
@@ -415,9 +479,15 @@ def _positions(means: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, 
     codes = morton.encode(q.astype(np.int64))
     order = np.argsort(codes, kind="stable")
     codes = codes[order]
-    deltas = _narrow_uint(np.diff(codes, prepend=np.uint64(0)))
+    return origin, order, _planes(np.diff(codes, prepend=np.uint64(0)))
+
+
+def _planes(deltas: np.ndarray) -> np.ndarray:
+    """Morton code differences [N] uint64 as little-endian byte planes (uint8 [W, N], W = 1, 2,
+    4 or 8 bytes: the narrowest type that holds them all)."""
+    deltas = _narrow_uint(deltas)
     planes = deltas.astype(deltas.dtype.newbyteorder("<")).view(np.uint8).reshape(len(deltas), deltas.itemsize)
-    return origin, order, np.ascontiguousarray(planes.T)
+    return np.ascontiguousarray(planes.T)
 
 
 def _narrow_uint(a: np.ndarray) -> np.ndarray:

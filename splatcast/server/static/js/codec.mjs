@@ -17,6 +17,8 @@ export class CodecError extends Error {
 /** Attribute groups -> vector length D; shN_b is SH band b, coefficient-major. */
 export const GROUP_DIMS = { rotation: 4, scale: 3, opacity: 1, sh0: 3, shN_1: 9, shN_2: 15, shN_3: 21 };
 const MAX_Q = 2 ** 24;
+const PREDICTED_BITS = 17; // predicted interframes: coordinates in [0, 2^17), codes < 2^51 (exact numbers)
+const RANK_ROWS = 1024; // codebooks up to this size code a predicted interframe's ids as ranks
 const SCALAR_LIMIT = 1e30;
 const SCALAR_DTYPES = ["|u1", "<u2"];
 const INT = ["|i1", "<i2", "<i4"];
@@ -106,12 +108,24 @@ function mortonPositions(planes, n) {
     lo = (lo + dlo) | 0;
     hi = (hi + dhi + carry) | 0; // hi, dhi < 2^31: the sum is < 2^32 and negative here iff >= 2^31
     if (dhi < 0 || hi < 0) throw new CodecError("morton deltas overflow 63-bit codes");
-    // lo holds code bits 0..31, hi bits 32..62: axis a starts at lo bit a and hi bit (a+1)%3.
-    q[3 * i] = compact11(lo) | (compact11(hi >>> 1) << 11);
-    q[3 * i + 1] = compact11(lo >>> 1) | (compact11(hi >>> 2) << 11);
-    q[3 * i + 2] = compact11(lo >>> 2) | (compact11(hi) << 10);
+    setCoords(q, i, lo, hi);
   }
   return q;
+}
+
+/** Row i of q [N*3] from a Morton code's 32-bit halves: lo holds code bits 0..31, hi bits
+ * 32..62; axis a starts at lo bit a and hi bit (a+1)%3. */
+function setCoords(q, i, lo, hi) {
+  q[3 * i] = compact11(lo) | (compact11(hi >>> 1) << 11);
+  q[3 * i + 1] = compact11(lo >>> 1) | (compact11(hi >>> 2) << 11);
+  q[3 * i + 2] = compact11(lo >>> 2) | (compact11(hi) << 10);
+}
+
+/** Morton code of coordinates in [0, 2^17) as a number (< 2^51, exact). */
+function morton17(x, y, z) {
+  let code = 0;
+  for (let b = PREDICTED_BITS - 1; b >= 0; b--) code = code * 8 + ((z >> b) & 1) * 4 + ((y >> b) & 1) * 2 + ((x >> b) & 1);
+  return code;
 }
 
 function positions(n, p) {
@@ -262,6 +276,120 @@ function interframe(state, n, p) {
   return { ...state, changed: { moved: moved.count ? moved.bits : null, ids: changedIds } };
 }
 
+/** Row a of a codebook's rank table (K*K, cached on the codebook) lists its ids by squared
+ * distance to entry a (float64, summed over the dimensions in order), ties by id. */
+function rankTable(book) {
+  if (book.table) return book.table;
+  const { rows: k, dim, data } = book;
+  const table = new Uint16Array(k * k), dist = new Float64Array(k);
+  const ids = Array.from({ length: k }, (_, b) => b);
+  for (let a = 0; a < k; a++) {
+    for (let b = 0; b < k; b++) {
+      let acc = 0;
+      for (let d = 0; d < dim; d++) {
+        const diff = data[a * dim + d] - data[b * dim + d];
+        acc += diff * diff;
+      }
+      dist[b] = acc;
+    }
+    const sorted = ids.slice().sort((x, y) => dist[x] - dist[y] || x - y);
+    table.set(sorted, a * k);
+  }
+  book.table = table;
+  return table;
+}
+
+/** Previous frame's rows sorted by their Morton codes on the new grid (q + shift), ties by row:
+ * {codes: Float64Array [M], rows: Int32Array [M]}. */
+function previousCodes(state, shift) {
+  const m = state.n, q = state.q, lim = 2 ** PREDICTED_BITS;
+  const codes = new Float64Array(m);
+  for (let i = 0; i < m; i++) {
+    const x = q[3 * i] + shift[0], y = q[3 * i + 1] + shift[1], z = q[3 * i + 2] + shift[2];
+    need(x >= 0 && y >= 0 && z >= 0 && x < lim && y < lim && z < lim,
+      `shift moves the previous frame beyond [0, 2**${PREDICTED_BITS}) steps`);
+    codes[i] = morton17(x, y, z);
+  }
+  const rows = Int32Array.from({ length: m }, (_, i) => i).sort((a, b) => codes[a] - codes[b] || a - b);
+  return { codes: Float64Array.from(rows, (r) => codes[r]), rows };
+}
+
+/** Values of one group of a predicted interframe: a kept row is predicted by its previous value,
+ * a new row by the row before it (0 for row 0); ranks in the predictor's rank table row for
+ * codebooks up to RANK_ROWS rows, else differences modulo 2^8 or 2^16. */
+function predictValues(state, name, source, v, n, what) {
+  const old = state.codes[name], book = state.books[name];
+  const out = new old.constructor(old.length / Math.max(state.n, 1) * n);
+  if (book && book.rows <= RANK_ROWS) {
+    const table = rankTable(book), k = book.rows;
+    for (let i = 0; i < n; i++) {
+      need(v[i] < k, `${what}: rank ${v[i]} out of range for a codebook of ${k}`);
+      const pred = source[i] >= 0 ? old[source[i]] : i ? out[i - 1] : 0;
+      out[i] = table[pred * k + v[i]];
+    }
+    return out;
+  }
+  const wrap = old.BYTES_PER_ELEMENT === 1 ? 0xff : 0xffff, m = state.n;
+  for (let r = 0; r < out.length / Math.max(n, 1); r++) {
+    for (let i = 0; i < n; i++) {
+      const pred = source[i] >= 0 ? old[r * m + source[i]] : i ? out[r * n + i - 1] : 0;
+      out[r * n + i] = (pred + v[r * n + i]) & wrap;
+    }
+  }
+  if (book) checkIds(out, book.rows, what);
+  return out;
+}
+
+function predicted(state, n, p) {
+  keys(p, ["origin", "shift", "kept", "morton", "values"], "predicted interframe payload");
+  const origin = array(p, "origin", ["<f4"], [3], "origin").data.slice();
+  need(origin.every(Number.isFinite), "origin must be finite");
+  const shift = array(p, "shift", ["<i4"], [3], "shift").data;
+  const prev = previousCodes(state, shift);
+  const kept = bitMask(p, "kept", state.n, "kept");
+  const planes = array(p, "morton", ["|u1"], [null, null], "morton");
+  const w = planes.shape[0], fresh = planes.shape[1], b = planes.data;
+  need([1, 2, 4, 8].includes(w), `morton: ${w} byte planes, expected 1, 2, 4 or 8`);
+  need(kept.count + fresh === n, `kept rows (${kept.count}) + new codes (${fresh}) != ${n} Gaussians`);
+  const limit = 2 ** (3 * PREDICTED_BITS);
+  const newCodes = new Float64Array(fresh);
+  for (let i = 0, code = 0; i < fresh; i++) {
+    let delta = 0;
+    for (let k = w - 1; k >= 0; k--) delta = delta * 256 + b[k * fresh + i];
+    code += delta; // exact: both < 2^51
+    need(delta < limit && code < limit, `morton: new codes beyond ${PREDICTED_BITS} bits per axis`);
+    newCodes[i] = code;
+  }
+  // merge the kept previous rows (sorted) and the new codes, kept rows first among equal codes
+  const q = new Int32Array(n * 3), source = new Int32Array(n);
+  let a = 0, c = 0;
+  const nextKept = () => { while (a < state.n && !((kept.bits[a >> 3] >> (a & 7)) & 1)) a++; };
+  nextKept();
+  for (let i = 0; i < n; i++) {
+    let code;
+    if (a < state.n && (c >= fresh || prev.codes[a] <= newCodes[c])) {
+      code = prev.codes[a];
+      source[i] = prev.rows[a++];
+      nextKept();
+    } else {
+      code = newCodes[c++];
+      source[i] = -1;
+    }
+    setCoords(q, i, code % 4294967296, Math.floor(code / 4294967296));
+  }
+  const names = Object.keys(state.codes);
+  const values = dict(p, "values", names);
+  const codes = {};
+  for (const name of names) {
+    const old = state.codes[name];
+    const want = old instanceof Uint8Array ? "|u1" : "<u2";
+    const shape = name in state.scalar ? [GROUP_DIMS[name], n] : [n];
+    const v = array(values, name, [want], shape, `values.${name}`).data;
+    codes[name] = predictValues(state, name, source, v, n, `values.${name}`);
+  }
+  return { ...state, origin, q, codes, n, changed: null };
+}
+
 /** Values [N*D] of a group of a decoder state: codebook rows, or for a scalar-quantised group
  * offset + float32(q * step) with float32 roundings as numpy's (as for means). */
 function gather(state, name) {
@@ -373,7 +501,9 @@ export class FrameDecoder {
     } else {
       need(this.state !== null, `'${frameType}' frame before any keyframe: start decoding at a keyframe`);
       if (frameType === "intra") next = intra(this.state, numGaussians, payload);
-      else if (frameType === "interframe") next = interframe(this.state, numGaussians, payload);
+      else if (frameType === "interframe") {
+        next = "kept" in payload ? predicted(this.state, numGaussians, payload) : interframe(this.state, numGaussians, payload);
+      }
       else throw new CodecError(`unknown frame type '${frameType}'`);
     }
     this.state = withView(next, this.state);
