@@ -298,7 +298,7 @@ def test_predicted_interframes_reject_inconsistent_payloads(loot_frames):
     state = decoder.state
     p = pred.payload
     too_far = dict(p, shift=np.array([2**17, 0, 0], np.int32))
-    for payload, n, match in ((p, pred.num_gaussians + 1, "kept rows"), (too_far, pred.num_gaussians, "shift"),
+    for payload, n, match in ((p, pred.num_gaussians + 1, "do not add up"), (too_far, pred.num_gaussians, "shift"),
                               ({k: v for k, v in p.items() if k != "shift"}, pred.num_gaussians, "expected keys")):
         with pytest.raises(CodecError, match=match):
             decoder.decode("interframe", n, payload)

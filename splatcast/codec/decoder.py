@@ -237,24 +237,28 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
 
 def _predicted(state: DecoderState, n: int, p: dict) -> DecoderState:
     """A predicted interframe (docs/CODEC.md section 6b): the previous frame's voxels that are
-    kept, new Morton codes, and each row's values against a prediction."""
-    _keys(p, {"origin", "shift", "kept", "morton", "values"}, "predicted interframe payload")
+    kept, new voxels in the shell around them, other new Morton codes, and each row's values
+    against a prediction."""
+    _keys(p, {"origin", "shift", "kept", "shell", "morton", "values"}, "predicted interframe payload")
     origin = _array(p, "origin", (np.float32,), (3,), "origin")
     if not np.isfinite(origin).all():
         raise CodecError("origin must be finite")
     shift = _array(p, "shift", (np.int32,), (3,), "shift").astype(np.int64)
-    prev_codes, prev_rows = previous_codes(state, shift)
+    prev_codes, prev_rows, shell = previous_grid(state, shift)
     kept = _mask(p, "kept", len(prev_rows), "kept")
+    in_shell = _mask(p, "shell", len(shell), "shell")
     planes = _array(p, "morton", (np.uint8,), (None, None), "morton")
     if planes.shape[0] not in (1, 2, 4, 8):
         raise CodecError(f"morton: {planes.shape[0]} byte planes, expected 1, 2, 4 or 8")
-    if int(kept.sum()) + planes.shape[1] != n:
-        raise CodecError(f"kept rows ({int(kept.sum())}) + new codes ({planes.shape[1]}) != {n} Gaussians")
+    counts = (int(kept.sum()), int(in_shell.sum()), planes.shape[1])
+    if sum(counts) != n:
+        raise CodecError(f"kept rows, shell voxels and other new codes {counts} do not add up to {n} Gaussians")
     deltas = np.ascontiguousarray(planes.T).view(f"<u{planes.shape[0]}").reshape(-1).astype(np.uint64)
-    new_codes = np.cumsum(deltas, dtype=np.uint64)
-    if len(deltas) and (int(deltas.max()) >= 2 ** (3 * PREDICTED_BITS) or np.any(new_codes[1:] < new_codes[:-1])
-                        or int(new_codes[-1]) >= 2 ** (3 * PREDICTED_BITS)):
+    other = np.cumsum(deltas, dtype=np.uint64)
+    if len(deltas) and (int(deltas.max()) >= 2 ** (3 * PREDICTED_BITS) or np.any(other[1:] < other[:-1])
+                        or int(other[-1]) >= 2 ** (3 * PREDICTED_BITS)):
         raise CodecError(f"morton: new codes beyond {PREDICTED_BITS} bits per axis")
+    new_codes = np.sort(np.concatenate([shell[in_shell], other]))
     codes = np.concatenate([prev_codes[kept], new_codes])
     order = np.argsort(codes, kind="stable")  # kept rows first among equal codes
     source = np.concatenate([prev_rows[kept], np.full(len(new_codes), -1)])[order]  # previous row or -1
@@ -269,16 +273,24 @@ def _predicted(state: DecoderState, n: int, p: dict) -> DecoderState:
                         morton.decode(codes[order]), ids, state.tables)
 
 
-def previous_codes(state: DecoderState, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The previous frame's Morton codes [M] uint64 on the new grid (its q + ``shift``), sorted
-    (ties by row), and the previous row of each [M] int64. Raises ``CodecError`` when a shifted
-    coordinate leaves [0, 2**PREDICTED_BITS)."""
+def previous_grid(state: DecoderState, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a predicted interframe (docs/CODEC.md section 6b): the previous frame's Morton codes
+    [M] uint64 on the new grid (its q + ``shift``), sorted (ties by row), the previous row of
+    each [M] int64, and the shell: the distinct codes [S] uint64, sorted, of the previous
+    voxels' face neighbours within [0, 2**PREDICTED_BITS) that are no previous voxel. Raises
+    ``CodecError`` when a shifted coordinate leaves [0, 2**PREDICTED_BITS)."""
     q = state.q.astype(np.int64) + shift
     if q.size and (int(q.min()) < 0 or int(q.max()) >= 2**PREDICTED_BITS):
         raise CodecError(f"shift moves the previous frame beyond [0, 2**{PREDICTED_BITS}) steps")
     codes = morton.encode(q)
     rows = np.argsort(codes, kind="stable")
-    return codes[rows], rows
+    codes = codes[rows]
+    near = np.sort(np.concatenate([morton.step(codes[inside], a, d) for a in range(3) for d in (1, -1)
+                                   for inside in [q[rows, a] < 2**PREDICTED_BITS - 1 if d > 0 else q[rows, a] > 0]]))
+    near = near[np.r_[True, near[1:] != near[:-1]]] if len(near) else near  # distinct (np.unique is slower)
+    found = np.searchsorted(codes, near)
+    shell = near[codes[np.minimum(found, len(codes) - 1)] != near] if len(codes) else near
+    return codes, rows, shell
 
 
 def rank_table(codebook: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from splatcast.codec.decoder import (
     DecoderState,
     FrameDecoder,
     id_dtype,
-    previous_codes,
+    previous_grid,
     ranked,
 )
 from splatcast.codec.frame import C0, GaussianFrame
@@ -210,7 +210,9 @@ class FrameEncoder:
         The grid keeps this frame's own offset (origin = the positions' minimum, lowered by whole
         steps so that the previous frame, shifted by the nearest whole number of steps, stays at
         coordinates >= 0). Previous voxels are matched to this frame's by equal Morton codes (as
-        multisets); values are coded against ``predict_values``' predictions."""
+        multisets); new voxels are bits of the shell (the previous voxels' face neighbours) or,
+        the few others, Morton code differences; values are coded against ``predict_values``'
+        predictions."""
         step, n = float(state.step), len(means)
         if not n or not state.num_gaussians:
             return None
@@ -224,7 +226,7 @@ class FrameEncoder:
         codes = morton.encode(q.astype(np.int64))
         order = np.argsort(codes, kind="stable")
         codes = codes[order]
-        prev_codes, prev_rows = previous_codes(state, (shift + pad).astype(np.int64))
+        prev_codes, prev_rows, shell = previous_grid(state, (shift + pad).astype(np.int64))
         # multiset matching: the first min(count before, count now) rows of each code are kept
         first_prev = np.searchsorted(prev_codes, codes, "left")
         in_prev = np.searchsorted(prev_codes, codes, "right") - first_prev
@@ -248,8 +250,12 @@ class FrameEncoder:
                 self._inverse[name] = inverse
             values[name] = self._inverse[name][pred, cur].astype(cur.dtype)
         new = codes[~is_kept]
+        # a new voxel in the shell is a bit of the shell mask (once per code), others are listed
+        once = np.isin(new, shell) & np.r_[True, new[1:] != new[:-1]]
+        other = new[~once]
         payload = dict(origin=origin, shift=(shift + pad).astype(np.int32), kept=_pack(kept),
-                       morton=_planes(np.diff(new, prepend=np.uint64(0))), values=values)
+                       shell=_pack(np.isin(shell, new[once])),
+                       morton=_planes(np.diff(other, prepend=np.uint64(0))), values=values)
         return _size(payload), "interframe", payload, order
 
     def _interframe(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]

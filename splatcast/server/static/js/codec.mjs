@@ -299,19 +299,38 @@ function rankTable(book) {
   return table;
 }
 
-/** Previous frame's rows sorted by their Morton codes on the new grid (q + shift), ties by row:
- * {codes: Float64Array [M], rows: Int32Array [M]}. */
-function previousCodes(state, shift) {
+/** Previous frame's rows sorted by their Morton codes on the new grid (q + shift), ties by row,
+ * and the shell: the distinct sorted codes of their face neighbours within [0, 2^17) that are no
+ * previous voxel. {codes: Float64Array [M], rows: Int32Array [M], shell: Float64Array [S]}. */
+function previousGrid(state, shift) {
   const m = state.n, q = state.q, lim = 2 ** PREDICTED_BITS;
-  const codes = new Float64Array(m);
-  for (let i = 0; i < m; i++) {
-    const x = q[3 * i] + shift[0], y = q[3 * i + 1] + shift[1], z = q[3 * i + 2] + shift[2];
-    need(x >= 0 && y >= 0 && z >= 0 && x < lim && y < lim && z < lim,
-      `shift moves the previous frame beyond [0, 2**${PREDICTED_BITS}) steps`);
-    codes[i] = morton17(x, y, z);
+  const codes = new Float64Array(m), moved = new Int32Array(3 * m);
+  for (let i = 0; i < 3 * m; i++) {
+    moved[i] = q[i] + shift[i % 3];
+    need(moved[i] >= 0 && moved[i] < lim, `shift moves the previous frame beyond [0, 2**${PREDICTED_BITS}) steps`);
   }
+  for (let i = 0; i < m; i++) codes[i] = morton17(moved[3 * i], moved[3 * i + 1], moved[3 * i + 2]);
   const rows = Int32Array.from({ length: m }, (_, i) => i).sort((a, b) => codes[a] - codes[b] || a - b);
-  return { codes: Float64Array.from(rows, (r) => codes[r]), rows };
+  const sorted = Float64Array.from(rows, (r) => codes[r]);
+  const near = new Float64Array(6 * m);
+  let k = 0;
+  for (let i = 0; i < m; i++) {
+    for (let a = 0; a < 3; a++) {
+      for (const d of [1, -1]) {
+        const c = [moved[3 * i], moved[3 * i + 1], moved[3 * i + 2]];
+        c[a] += d;
+        if (c[a] >= 0 && c[a] < lim) near[k++] = morton17(c[0], c[1], c[2]);
+      }
+    }
+  }
+  const all = near.subarray(0, k).sort();
+  const shell = [];
+  for (let i = 0, j = 0; i < all.length; i++) {
+    if (i && all[i] === all[i - 1]) continue;
+    while (j < m && sorted[j] < all[i]) j++;
+    if (j === m || sorted[j] !== all[i]) shell.push(all[i]);
+  }
+  return { codes: sorted, rows, shell: Float64Array.from(shell) };
 }
 
 /** Values of one group of a predicted interframe: a kept row is predicted by its previous value,
@@ -341,24 +360,33 @@ function predictValues(state, name, source, v, n, what) {
 }
 
 function predicted(state, n, p) {
-  keys(p, ["origin", "shift", "kept", "morton", "values"], "predicted interframe payload");
+  keys(p, ["origin", "shift", "kept", "shell", "morton", "values"], "predicted interframe payload");
   const origin = array(p, "origin", ["<f4"], [3], "origin").data.slice();
   need(origin.every(Number.isFinite), "origin must be finite");
   const shift = array(p, "shift", ["<i4"], [3], "shift").data;
-  const prev = previousCodes(state, shift);
+  const prev = previousGrid(state, shift);
   const kept = bitMask(p, "kept", state.n, "kept");
+  const inShell = bitMask(p, "shell", prev.shell.length, "shell");
   const planes = array(p, "morton", ["|u1"], [null, null], "morton");
-  const w = planes.shape[0], fresh = planes.shape[1], b = planes.data;
+  const w = planes.shape[0], others = planes.shape[1], b = planes.data;
   need([1, 2, 4, 8].includes(w), `morton: ${w} byte planes, expected 1, 2, 4 or 8`);
-  need(kept.count + fresh === n, `kept rows (${kept.count}) + new codes (${fresh}) != ${n} Gaussians`);
+  need(kept.count + inShell.count + others === n,
+    `kept rows, shell voxels and other new codes ${kept.count},${inShell.count},${others} do not add up to ${n} Gaussians`);
   const limit = 2 ** (3 * PREDICTED_BITS);
-  const newCodes = new Float64Array(fresh);
-  for (let i = 0, code = 0; i < fresh; i++) {
+  const other = new Float64Array(others);
+  for (let i = 0, code = 0; i < others; i++) {
     let delta = 0;
-    for (let k = w - 1; k >= 0; k--) delta = delta * 256 + b[k * fresh + i];
+    for (let k = w - 1; k >= 0; k--) delta = delta * 256 + b[k * others + i];
     code += delta; // exact: both < 2^51
     need(delta < limit && code < limit, `morton: new codes beyond ${PREDICTED_BITS} bits per axis`);
-    newCodes[i] = code;
+    other[i] = code;
+  }
+  // the new codes, sorted: the shell's marked codes merged with the others
+  const fresh = inShell.count + others;
+  const newCodes = new Float64Array(fresh);
+  for (let i = 0, s = 0, o = 0; i < fresh; i++) {
+    while (s < prev.shell.length && !((inShell.bits[s >> 3] >> (s & 7)) & 1)) s++;
+    newCodes[i] = s < prev.shell.length && (o >= others || prev.shell[s] <= other[o]) ? prev.shell[s++] : other[o++];
   }
   // merge the kept previous rows (sorted) and the new codes, kept rows first among equal codes
   const q = new Int32Array(n * 3), source = new Int32Array(n);
