@@ -332,11 +332,12 @@ def predict_values(state: DecoderState, name: str, source: np.ndarray, v: np.nda
         # new rows follow the row before them: in runs, one step of every run at a time
         new = np.flatnonzero(~kept)
         depth = new - np.maximum.accumulate(np.where(kept, np.arange(n), -1))[new] - 1
-        prev_row = new - 1
-        for t in range(int(depth.max()) + 1 if len(new) else 0):
-            at = depth == t
-            rows = new[at]
-            before = np.where(prev_row[at] >= 0, out[np.maximum(prev_row[at], 0)], 0)
+        by_depth = new[np.argsort(depth, kind="stable")]
+        bounds = np.searchsorted(np.sort(depth), np.arange(int(depth.max()) + 2 if len(new) else 0))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            rows = by_depth[lo:hi]
+            before = out[np.maximum(rows - 1, 0)]
+            before[rows == 0] = 0
             out[rows] = table[before, v[rows]]
         return out
     # differences modulo the type: a kept row adds to its previous value, a run of new rows
