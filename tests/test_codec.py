@@ -222,8 +222,12 @@ def _mutations(key: dict, inter: dict, n: int):
     mask[-1] |= 0x80
     yield "padding bit", "interframe", n, edit(inter, ["pos_mask"], mask), True
     yield "unit", "interframe", n, edit(inter, ["unit"], 0), True
-    big = np.full_like(inter["pos_delta"], 127)
-    yield "grid escape", "interframe", n, edit(edit(inter, ["pos_delta"], big), ["unit"], 2**21), True
+    escapes = np.full_like(inter["pos_small"], 255)  # every moved row escaped, by 127 units of 2**21
+    big = edit(edit(inter, ["pos_small"], escapes), ["pos_delta"], np.full((3, len(escapes)), 127, np.int8))
+    yield "grid escape", "interframe", n, edit(big, ["unit"], 2**21), True
+    yield "escape count", "interframe", n, edit(inter, ["pos_small"], escapes), True
+    yield "small code", "interframe", n, edit(inter, ["pos_small"], np.full_like(escapes, 27)), True
+    yield "small ids of a VQ group", "interframe", n, edit(inter, ["id_small", "shN_1"], np.zeros(0, np.uint8)), True
     values = inter["id_values"]["sh0"]  # [3, M]
     yield "scalar values shape", "interframe", n, edit(inter, ["id_values", "sh0"], values[:2]), True
     yield "scalar values dtype", "interframe", n, edit(inter, ["id_values", "sh0"], values.astype(np.int16)), True
@@ -234,7 +238,7 @@ def test_decoder_rejects_bad_payloads(tile_frames):
     moved = replace(sub[0], means=sub[1].means, sh0=sub[1].sh0)  # positions and colours change
     encoder = FrameEncoder(CodecConfig(tolerance=0))
     key, inter = encoder.encode(sub[0]), encoder.encode(moved)
-    assert inter.frame_type == "interframe" and len(inter.payload["pos_delta"])
+    assert inter.frame_type == "interframe" and len(inter.payload["pos_small"])
     assert inter.payload["id_values"]["sh0"].shape[1] > 0
     n = key.num_gaussians
     with pytest.raises(CodecError, match="before any keyframe"):

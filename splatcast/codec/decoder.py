@@ -35,6 +35,10 @@ RANK_ROWS = 1024
 """Codebooks of at most this many rows code a predicted interframe's ids as ranks (section 6b)."""
 
 _INT = (np.int8, np.int16, np.int32)
+ESCAPE = 255
+"""A code of a small-rows array (``unpack_small``) that takes its row from the escaped rows."""
+SMALL_DIMS = 5
+"""Rows of at most this many values (3**5 = 243 codes < ESCAPE) may be coded as small rows."""
 
 
 def group_names(sh_degree: int) -> list[str]:
@@ -201,12 +205,14 @@ def _intra(state: DecoderState, n: int, p: dict) -> DecoderState:
 
 
 def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
-    _keys(p, {"unit", "pos_mask", "pos_delta", "id_masks", "id_values"}, "interframe payload")
+    _keys(p, {"unit", "pos_mask", "pos_small", "pos_delta", "id_masks", "id_small", "id_values"},
+          "interframe payload")
     if n != state.num_gaussians:
         raise CodecError(f"interframe for {n} Gaussians, reference frame has {state.num_gaussians}")
     unit = _int(p, "unit", 1, 2**21)
     rows = np.flatnonzero(_mask(p, "pos_mask", n, "pos_mask"))
-    delta = _array(p, "pos_delta", _INT, (3, len(rows)), "pos_delta")
+    small = _array(p, "pos_small", (np.uint8,), (len(rows),), "pos_small")
+    delta = unpack_small(small, _array(p, "pos_delta", _INT, (3, None), "pos_delta"), "pos_small")
     moves = np.cumsum(delta, axis=1, dtype=np.int64).T  # [M, 3] in units
     if moves.size and max(moves.max(), -moves.min()) >= 2 * MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
@@ -218,11 +224,23 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
     q[rows] = moved
     names = list(state.ids)
     masks, values = _dict(p, "id_masks", names), _dict(p, "id_values", names)
+    smalls = p["id_small"]
+    if not isinstance(smalls, dict) or not set(smalls) <= set(names):
+        raise CodecError(f"id_small must be a dict with keys among {names}")
     ids = {}
     for name in names:
         rows = np.flatnonzero(_mask(masks, name, n, f"id_masks.{name}"))
         old = state.ids[name]  # [N] codebook ids or [D, N] scalar values
-        v = _array(values, name, (old.dtype.type,), old.shape[:-1] + (len(rows),), f"id_values.{name}")
+        what = f"id_values.{name}"
+        if name in smalls:  # small rows (-1, 0, +1 per value) coded, the others escaped
+            if old.ndim == 1 or old.shape[0] > SMALL_DIMS:
+                raise CodecError(f"id_small.{name}: only scalar groups of at most {SMALL_DIMS} values")
+            small = _array(smalls, name, (np.uint8,), (len(rows),), f"id_small.{name}")
+            v = unpack_small(small, _array(values, name, (old.dtype.type,), (old.shape[0], None), what)
+                             .view(np.int8 if old.dtype == np.uint8 else np.int16), f"id_small.{name}")
+            v = v.astype(old.dtype)  # modulo 2**8 or 2**16
+        else:
+            v = _array(values, name, (old.dtype.type,), old.shape[:-1] + (len(rows),), what)
         if not len(rows):
             ids[name] = old  # state arrays are never written in place
             continue
@@ -352,6 +370,21 @@ def predict_values(state: DecoderState, name: str, source: np.ndarray, v: np.nda
     out = out.astype(old.dtype)
     if name in state.codebooks:
         _check_ids(out, state.codebooks[name].shape[0], f"values.{name}")
+    return out
+
+
+def unpack_small(codes: np.ndarray, escaped: np.ndarray, what: str) -> np.ndarray:
+    """Rows [D, M] int64 of an array coded as small rows (docs/CODEC.md section 6): ``codes``
+    [M] uint8, each either sum over j of (v[j] + 1) * 3**j for a row whose D values are all in
+    -1..1, or ESCAPE: the next column of ``escaped`` [D, E] (as many columns as ESCAPE codes)."""
+    d = escaped.shape[0]
+    esc = codes == ESCAPE
+    if len(codes) and (int(codes[~esc].max(initial=0)) >= 3**d or d > SMALL_DIMS):
+        raise CodecError(f"{what}: codes must be below 3**{d} or {ESCAPE}")
+    if int(esc.sum()) != escaped.shape[1]:
+        raise CodecError(f"{what}: {int(esc.sum())} escape codes for {escaped.shape[1]} escaped rows")
+    out = (codes[None].astype(np.int64) // 3 ** np.arange(d)[:, None]) % 3 - 1
+    out[:, esc] = escaped
     return out
 
 

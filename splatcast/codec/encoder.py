@@ -19,9 +19,11 @@ from scipy.spatial import cKDTree
 from splatcast.codec import kmeans, morton
 from splatcast.codec.config import CodecConfig, CodecError, Quality
 from splatcast.codec.decoder import (
+    ESCAPE,
     MAX_Q,
     PREDICTED_BITS,
     SCALAR_LIMIT,
+    SMALL_DIMS,
     DecoderState,
     FrameDecoder,
     id_dtype,
@@ -274,14 +276,19 @@ class FrameEncoder:
         if moves.size and np.abs(state.q.take(rows, axis=0) + moves * unit).max() >= MAX_Q:
             return None
         delta = np.diff(moves.T, axis=1, prepend=0)  # [3, M] differences along codec order
-        id_masks, id_values = {}, {}
+        pos_small, escaped = _small_rows(delta)
+        id_masks, id_small, id_values = {}, {}, {}
         for name, cur in self._ids_in_order(ids, order).items():
             prev = state.ids[name]  # [N] ids or [D, N] scalar values
             changed = cur != prev if cur.ndim == 1 else (cur != prev).any(0)
             id_masks[name] = _pack(changed)
-            id_values[name] = np.ascontiguousarray(cur[..., changed] - prev[..., changed])  # wraps
-        payload = dict(unit=unit, pos_mask=_pack(mask), pos_delta=_narrow_int(delta),
-                       id_masks=id_masks, id_values=id_values)
+            v = np.ascontiguousarray(cur[..., changed] - prev[..., changed])  # wraps
+            id_values[name] = v
+            if v.ndim == 2 and v.shape[0] <= SMALL_DIMS and v.shape[1]:
+                codes, rest = _small_rows(v.view(np.int8 if v.dtype == np.uint8 else np.int16))
+                id_small[name], id_values[name] = codes, np.ascontiguousarray(rest.astype(v.dtype))
+        payload = dict(unit=unit, pos_mask=_pack(mask), pos_small=pos_small, pos_delta=_narrow_int(escaped),
+                       id_masks=id_masks, id_small=id_small, id_values=id_values)
         return _size(payload), "interframe", payload, order
 
     # --- attributes ----------------------------------------------------------------------------
@@ -502,6 +509,16 @@ def _narrow_uint(a: np.ndarray) -> np.ndarray:
         if top <= np.iinfo(dt).max:
             return np.ascontiguousarray(a.astype(dt))
     return np.ascontiguousarray(a.astype(np.uint64))  # (an unsigned 64-bit value always fits)
+
+
+def _small_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of ``v`` [D, M] (signed ints, D <= SMALL_DIMS) as small-rows codes [M] uint8 and
+    the escaped columns [D, E] (``decoder.unpack_small``): a column whose values are all in
+    -1..1 is one byte, the sum of (v[j] + 1) * 3**j; zstd codes these bytes by their frequency
+    (interframe residuals are mostly -1, 0, 1: docs/CODEC.md section 12)."""
+    small = (v >= -1).all(0) & (v <= 1).all(0)
+    codes = ((v.astype(np.int64) + 1) * 3 ** np.arange(v.shape[0])[:, None]).sum(0)
+    return np.where(small, codes, ESCAPE).astype(np.uint8), np.ascontiguousarray(v[:, ~small])
 
 
 def _narrow_int(a: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ const RANK_ROWS = 1024; // codebooks up to this size code a predicted interframe
 const SCALAR_LIMIT = 1e30;
 const SCALAR_DTYPES = ["|u1", "<u2"];
 const INT = ["|i1", "<i2", "<i4"];
+const ESCAPE = 255; // a small-rows code that takes its row from the escaped rows
+const SMALL_DIMS = 5; // rows of at most this many values may be coded as small rows
 
 export function groupNames(shDegree) {
   const names = ["rotation", "scale", "opacity", "sh0"];
@@ -243,21 +245,58 @@ function changeIds(ids, mask, values, rows, what, write, n) {
   }
 }
 
+/** Rows [D*M] (into `out`, row-major [D, M]) of an array coded as small rows: codes [M]
+ * uint8, each sum over j of (v[j] + 1) * 3^j for a row of values in -1..1, or ESCAPE: the next
+ * column of `escaped` (a WireArray [D, E]). Values are written as `out`'s type wraps them. */
+function unpackSmall(codes, escaped, out, what) {
+  const d = escaped.shape[0], e = escaped.shape[1], m = codes.length, x = escaped.data;
+  const limit = 3 ** d;
+  need(d <= SMALL_DIMS, `${what}: rows of ${d} values cannot be small rows`);
+  let k = 0;
+  for (let i = 0; i < m; i++) {
+    const c = codes[i];
+    if (c === ESCAPE) {
+      need(k < e, `${what}: more escape codes than the ${e} escaped rows`);
+      for (let j = 0; j < d; j++) out[j * m + i] = x[j * e + k];
+      k++;
+    } else {
+      need(c < limit, `${what}: codes must be below 3**${d} or ${ESCAPE}`);
+      for (let j = 0, r = c; j < d; j++, r = (r - (r % 3)) / 3) out[j * m + i] = (r % 3) - 1;
+    }
+  }
+  need(k === e, `${what}: ${k} escape codes for ${e} escaped rows`);
+  return out;
+}
+
 function interframe(state, n, p) {
-  keys(p, ["unit", "pos_mask", "pos_delta", "id_masks", "id_values"], "interframe payload");
+  keys(p, ["unit", "pos_mask", "pos_small", "pos_delta", "id_masks", "id_small", "id_values"], "interframe payload");
   need(n === state.n, `interframe for ${n} Gaussians, reference frame has ${state.n}`);
   const unit = intField(p, "unit", 1, 2 ** 21);
   const moved = bitMask(p, "pos_mask", n, "pos_mask");
-  // pos_delta [3, M]: per axis, the moved rows' steps as differences along the mask order.
-  const delta = array(p, "pos_delta", INT, [3, moved.count], "pos_delta").data;
+  // pos_small [M] + pos_delta [3, E]: per axis, the moved rows' steps as differences along the
+  // mask order, small rows coded in one byte.
+  const posSmall = array(p, "pos_small", ["|u1"], [moved.count], "pos_small").data;
+  const delta = unpackSmall(posSmall, array(p, "pos_delta", INT, [3, null], "pos_delta"),
+    new Int32Array(3 * moved.count), "pos_small");
   const names = Object.keys(state.codes);
   const masks = dict(p, "id_masks", names);
+  const smalls = p.id_small;
+  need(smalls !== null && typeof smalls === "object" && !(smalls instanceof WireArray)
+    && Object.keys(smalls).every((g) => names.includes(g)), `id_small must be a dict with keys among ${names}`);
   const values = dict(p, "id_values", names);
   const rowsOf = (name) => (name in state.books ? state.books[name].rows : 0);
   const changes = names.map((name) => {
     const mask = bitMask(masks, name, n, `id_masks.${name}`);
-    const want = state.codes[name] instanceof Uint8Array ? "|u1" : "<u2";
-    const shape = name in state.scalar ? [GROUP_DIMS[name], mask.count] : [mask.count];
+    const ids = state.codes[name];
+    const want = ids instanceof Uint8Array ? "|u1" : "<u2";
+    const dims = name in state.scalar ? GROUP_DIMS[name] : 0;
+    if (Object.hasOwn(smalls, name)) {
+      need(dims > 0 && dims <= SMALL_DIMS, `id_small.${name}: only scalar groups of at most ${SMALL_DIMS} values`);
+      const small = array(smalls, name, ["|u1"], [mask.count], `id_small.${name}`).data;
+      const escaped = array(values, name, [want], [dims, null], `id_values.${name}`);
+      return { name, mask, values: unpackSmall(small, escaped, new ids.constructor(dims * mask.count), `id_small.${name}`) };
+    }
+    const shape = dims ? [dims, mask.count] : [mask.count];
     return { name, mask, values: array(values, name, [want], shape, `id_values.${name}`).data };
   });
   for (const { name, mask, values: v } of changes) {
