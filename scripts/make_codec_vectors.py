@@ -14,6 +14,11 @@ decoder gives the same bytes; tests/test_web_decoder.py checks that Python still
   instead of vector-quantised as in the other two, which use the default "medium").
 - `codec_untracked`: 3 loot frames (SH degree 0), every 24th voxel (about 2,000 Gaussians):
   a keyframe, then intra frames (the count changes every frame).
+- `codec_predicted`: 4 loot frames, the voxels above y = 1.45 m (about 7,000, a spatial crop so
+  that voxels persist): a keyframe (sh0 vector-quantised, 256 entries), then predicted
+  interframes (docs/CODEC.md section 6b: kept voxels, new codes, ids as ranks).
+- `codec_predicted_scalar`: the same frames with 64-entry codebooks (sh0 stays scalar-quantised):
+  predicted interframes whose values are differences modulo the type.
 
 Deterministic (CPU, fixed seed). Needs ../shared (or $SPLATCAST_SHARED).
 Usage: python scripts/make_codec_vectors.py
@@ -43,6 +48,7 @@ SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
 CONFIG = CodecConfig(gop=30, codebook_size=64, seed=0, device="cpu")
 FINE = CodecConfig(gop=30, codebook_size=64, step=2e-5, seed=0, device="cpu")
 HIGH = CodecConfig(gop=30, quality="high", seed=0, device="cpu")
+PREDICTED = CodecConfig(gop=30, codebook_size=256, seed=0, device="cpu")
 FPS = 30.0
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 FIRST_VALUES = 8
@@ -61,9 +67,17 @@ def tracked_frames(tmp: Path) -> list[GaussianFrame]:
     return [_rows(read_ply(p), slice(0, 2000)) for p in sorted(tmp.glob("*.ply"))]
 
 
-def untracked_frames(tmp: Path) -> list[GaussianFrame]:
-    _tool("loot_to_ply.py", str(tmp), "--count", "3")
-    return [_rows(read_ply(p), slice(None, None, 24)) for p in sorted(tmp.glob("*.ply"))]
+def loot_frames(tmp: Path) -> list[GaussianFrame]:
+    _tool("loot_to_ply.py", str(tmp), "--count", "4")
+    return [read_ply(p) for p in sorted(tmp.glob("*.ply"))]
+
+
+def untracked_frames(loot: list[GaussianFrame]) -> list[GaussianFrame]:
+    return [_rows(f, slice(None, None, 24)) for f in loot[:3]]
+
+
+def predicted_frames(loot: list[GaussianFrame]) -> list[GaussianFrame]:
+    return [_rows(f, f.means[:, 1] > 1.45) for f in loot]
 
 
 def describe(frame: GaussianFrame) -> dict:
@@ -118,8 +132,13 @@ def main() -> int:
                      "tile scene (SH 3), first 2,000 Gaussians, 3 animated frames, step 2e-5: keyframe + interframes")
         write_vector("codec_tracked_high", tracked, HIGH,
                      "the same frames at quality 'high' (scalar-quantised SH rest bands)")
-        write_vector("codec_untracked", untracked_frames(Path(tmp) / "loot"), CONFIG,
+        loot = loot_frames(Path(tmp) / "loot")
+        write_vector("codec_untracked", untracked_frames(loot), CONFIG,
                      "3 loot frames (SH 0), every 24th voxel: keyframe + intra frames")
+        write_vector("codec_predicted", predicted_frames(loot), PREDICTED,
+                     "4 loot frames (SH 0), voxels above y = 1.45 m: keyframe (sh0 VQ) + predicted interframes")
+        write_vector("codec_predicted_scalar", predicted_frames(loot), CONFIG,
+                     "the same frames, sh0 scalar-quantised: keyframe + predicted interframes")
     return 0
 
 

@@ -102,7 +102,9 @@ def test_tracked_sequence_round_trip(tile_frames):
 
 def test_untracked_loot_round_trip(loot_frames):
     result = round_trip(loot_frames)
-    assert [enc.frame_type for enc, *_ in result] == ["keyframe"] + ["intra"] * 9
+    # predicted interframes (docs/CODEC.md section 6b): the count changes, voxels persist
+    assert [enc.frame_type for enc, *_ in result] == ["keyframe"] + ["interframe"] * 9
+    assert all("kept" in enc.payload for enc, *_ in result[1:])
     assert result[0][0].payload["step"] == pytest.approx(0.0078125, rel=1e-5)  # the voxel lattice
     for enc, _, err, size in result:
         assert err["position_max_abs"] <= 1e-3  # within 1 mm (the voxels are 7.8 mm)
@@ -220,8 +222,12 @@ def _mutations(key: dict, inter: dict, n: int):
     mask[-1] |= 0x80
     yield "padding bit", "interframe", n, edit(inter, ["pos_mask"], mask), True
     yield "unit", "interframe", n, edit(inter, ["unit"], 0), True
-    big = np.full_like(inter["pos_delta"], 127)
-    yield "grid escape", "interframe", n, edit(edit(inter, ["pos_delta"], big), ["unit"], 2**21), True
+    escapes = np.full_like(inter["pos_small"], 255)  # every moved row escaped, by 127 units of 2**21
+    big = edit(edit(inter, ["pos_small"], escapes), ["pos_delta"], np.full((3, len(escapes)), 127, np.int8))
+    yield "grid escape", "interframe", n, edit(big, ["unit"], 2**21), True
+    yield "escape count", "interframe", n, edit(inter, ["pos_small"], escapes), True
+    yield "small code", "interframe", n, edit(inter, ["pos_small"], np.full_like(escapes, 27)), True
+    yield "small ids of a VQ group", "interframe", n, edit(inter, ["id_small", "shN_1"], np.zeros(0, np.uint8)), True
     values = inter["id_values"]["sh0"]  # [3, M]
     yield "scalar values shape", "interframe", n, edit(inter, ["id_values", "sh0"], values[:2]), True
     yield "scalar values dtype", "interframe", n, edit(inter, ["id_values", "sh0"], values.astype(np.int16)), True
@@ -232,7 +238,7 @@ def test_decoder_rejects_bad_payloads(tile_frames):
     moved = replace(sub[0], means=sub[1].means, sh0=sub[1].sh0)  # positions and colours change
     encoder = FrameEncoder(CodecConfig(tolerance=0))
     key, inter = encoder.encode(sub[0]), encoder.encode(moved)
-    assert inter.frame_type == "interframe" and len(inter.payload["pos_delta"])
+    assert inter.frame_type == "interframe" and len(inter.payload["pos_small"])
     assert inter.payload["id_values"]["sh0"].shape[1] > 0
     n = key.num_gaussians
     with pytest.raises(CodecError, match="before any keyframe"):
@@ -268,10 +274,11 @@ def test_presets_are_ordered():
         assert fine.sh_rest <= coarse.sh_rest or coarse.sh_rest == 0  # 0: vector-quantised
 
 
-def test_version_1_streams_are_refused():
+def test_versions_1_and_2_are_refused():
     check_codec(CODEC_NAME, CODEC_VERSION)
-    with pytest.raises(CodecError, match="version 1 is not supported.*re-encode"):
-        check_codec(CODEC_NAME, 1)
+    for old in (1, 2):
+        with pytest.raises(CodecError, match=f"version {old} is not supported.*re-encode"):
+            check_codec(CODEC_NAME, old)
     with pytest.raises(CodecError, match="is not 'splatcast-vq'"):
         check_codec("other", CODEC_VERSION)
 
@@ -282,3 +289,23 @@ def test_leaving_a_scalar_range_forces_a_keyframe(tile_frames):
     brighter = replace(f, sh0=f.sh0 + 20.0)
     types = [enc.frame_type for enc, *_ in round_trip([f, f, brighter, brighter])]
     assert types == ["keyframe", "interframe", "keyframe", "interframe"]
+
+
+def test_predicted_interframes_reject_inconsistent_payloads(loot_frames):
+    """A predicted interframe whose counts or shift do not fit its reference is a
+    CodecError, and the decoder keeps its state."""
+    encoder = FrameEncoder(CodecConfig(device="cpu"))
+    key, pred = encoder.encode(loot_frames[0]), encoder.encode(loot_frames[1])
+    assert "kept" in pred.payload
+    decoder = FrameDecoder()
+    decoder.decode("keyframe", key.num_gaussians, key.payload)
+    state = decoder.state
+    p = pred.payload
+    too_far = dict(p, shift=np.array([2**17, 0, 0], np.int32))
+    for payload, n, match in ((p, pred.num_gaussians + 1, "do not add up"), (too_far, pred.num_gaussians, "shift"),
+                              ({k: v for k, v in p.items() if k != "shift"}, pred.num_gaussians, "expected keys")):
+        with pytest.raises(CodecError, match=match):
+            decoder.decode("interframe", n, payload)
+        assert decoder.state is state
+    dec = decoder.decode("interframe", pred.num_gaussians, p)
+    assert torch.equal(dec.means, pred.reconstruction.means) and torch.equal(dec.sh0, pred.reconstruction.sh0)

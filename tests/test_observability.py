@@ -82,7 +82,8 @@ def test_metrics_and_json_logs_after_a_real_upload_and_subscription(tmp_path, lo
         server.wait(timeout=30)
 
     assert m[("splatcast_frames_encoded_total", (("frame_type", "keyframe"),))] == 2  # gop 3: frames 0 and 3
-    assert m[("splatcast_frames_encoded_total", (("frame_type", "intra"),))] == 2
+    # frames 1 and 2: predicted interframes (loot voxels persist, docs/CODEC.md section 6b)
+    assert m[("splatcast_frames_encoded_total", (("frame_type", "interframe"),))] == 2
     assert m[("splatcast_frame_uploads_total", (("outcome", "stored"),))] == 4
     assert m[("splatcast_frame_uploads_total", (("outcome", "retry"),))] == 1
     assert m[("splatcast_encode_seconds_count", (("frame_type", "keyframe"),))] == 2

@@ -17,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors"
-CODEC_VECTORS = ["codec_tracked", "codec_tracked_high", "codec_untracked"]
+CODEC_VECTORS = ["codec_tracked", "codec_tracked_high", "codec_untracked", "codec_predicted",
+                 "codec_predicted_scalar"]
 
 
 def _make_codec_vectors():

@@ -7,13 +7,15 @@ from dataclasses import asdict, dataclass, fields, replace
 CODEC_NAME = "splatcast-vq"
 """Name of this codec in stream headers."""
 
-CODEC_VERSION = 2
-"""Version of the payload layout described in docs/CODEC.md; bump on any change. Version 1
-(every attribute vector-quantised) is not decoded any more: see ``check_codec``."""
+CODEC_VERSION = 3
+"""Version of the payload layout described in docs/CODEC.md; bump on any change. Versions 1
+(every attribute vector-quantised) and 2 (no predicted interframes) are not decoded any more:
+see ``check_codec``."""
 
 FRAME_TYPES = ("keyframe", "intra", "interframe")
 """keyframe: new codebooks and step, all data; intra: all data with the current codebooks;
-interframe: only what changed since the previous reconstructed frame."""
+interframe: only what changed since the previous reconstructed frame (same count and order), or a
+predicted interframe (kept voxels of the previous frame, new ones, values against predictions)."""
 
 
 class CodecError(ValueError):
@@ -22,8 +24,8 @@ class CodecError(ValueError):
 
 def check_codec(codec: str, version: int) -> None:
     """Raise ``CodecError`` unless a stream header's ``codec`` / ``codec_version`` is this
-    codec's: a version-1 stream (all attributes vector-quantised, docs/CODEC.md section 11) is
-    refused with a message saying to re-encode it."""
+    codec's: a version-1 or -2 stream (docs/CODEC.md sections 11, 6b) is refused with a message
+    saying to re-encode it."""
     if codec != CODEC_NAME:
         raise CodecError(f"codec {codec!r} is not {CODEC_NAME!r}")
     if version != CODEC_VERSION:

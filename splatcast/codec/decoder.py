@@ -7,7 +7,7 @@ docs/CODEC.md get bit-identical frames.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,8 +28,17 @@ SCALAR_DTYPES = (np.uint8, np.uint16)
 
 MAX_Q = 2**24
 """Decoded integer coordinates stay in (-MAX_Q, MAX_Q) so they are exact in float32."""
+PREDICTED_BITS = 17
+"""Predicted interframes (docs/CODEC.md section 6b) hold grid coordinates in [0, 2**17): their
+Morton codes (< 2**51) are exact in a float64, as JavaScript numbers."""
+RANK_ROWS = 1024
+"""Codebooks of at most this many rows code a predicted interframe's ids as ranks (section 6b)."""
 
 _INT = (np.int8, np.int16, np.int32)
+ESCAPE = 255
+"""A code of a small-rows array (``unpack_small``) that takes its row from the escaped rows."""
+SMALL_DIMS = 5
+"""Rows of at most this many values (3**5 = 243 codes < ESCAPE) may be coded as small rows."""
 
 
 def group_names(sh_degree: int) -> list[str]:
@@ -57,6 +66,8 @@ class DecoderState:
     origin: np.ndarray  # [3] float32
     q: np.ndarray  # [N, 3] int32 grid coordinates
     ids: dict[str, np.ndarray]  # name -> [N] uint8/uint16 (VQ) or [D, N] uint8/uint16 (scalar)
+    tables: dict[str, np.ndarray] = field(default_factory=dict)  # name -> rank_table, made when
+    # first needed and shared by the states of a GOP (same codebooks)
 
     @property
     def num_gaussians(self) -> int:
@@ -77,6 +88,8 @@ def decode_payload(state: DecoderState | None, frame_type: str, num_gaussians: i
     if frame_type == "intra":
         return _intra(state, num_gaussians, payload)
     if frame_type == "interframe":
+        if "kept" in payload:
+            return _predicted(state, num_gaussians, payload)
         return _interframe(state, num_gaussians, payload)
     raise CodecError(f"unknown frame type {frame_type!r}")
 
@@ -188,16 +201,18 @@ def _intra(state: DecoderState, n: int, p: dict) -> DecoderState:
     _keys(p, {"origin", "morton", "ids", "ids_delta"}, "intra payload")
     origin, q = _positions(n, p)
     ids = _ids(n, p, state.codebooks, {name: (state.ids[name].dtype.type,) for name in state.scalar})
-    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, origin, q, ids)
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, origin, q, ids, state.tables)
 
 
 def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
-    _keys(p, {"unit", "pos_mask", "pos_delta", "id_masks", "id_values"}, "interframe payload")
+    _keys(p, {"unit", "pos_mask", "pos_small", "pos_delta", "id_masks", "id_small", "id_values"},
+          "interframe payload")
     if n != state.num_gaussians:
         raise CodecError(f"interframe for {n} Gaussians, reference frame has {state.num_gaussians}")
     unit = _int(p, "unit", 1, 2**21)
     rows = np.flatnonzero(_mask(p, "pos_mask", n, "pos_mask"))
-    delta = _array(p, "pos_delta", _INT, (3, len(rows)), "pos_delta")
+    small = _array(p, "pos_small", (np.uint8,), (len(rows),), "pos_small")
+    delta = unpack_small(small, _array(p, "pos_delta", _INT, (3, None), "pos_delta"), "pos_small")
     moves = np.cumsum(delta, axis=1, dtype=np.int64).T  # [M, 3] in units
     if moves.size and max(moves.max(), -moves.min()) >= 2 * MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
@@ -209,11 +224,23 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
     q[rows] = moved
     names = list(state.ids)
     masks, values = _dict(p, "id_masks", names), _dict(p, "id_values", names)
+    smalls = p["id_small"]
+    if not isinstance(smalls, dict) or not set(smalls) <= set(names):
+        raise CodecError(f"id_small must be a dict with keys among {names}")
     ids = {}
     for name in names:
         rows = np.flatnonzero(_mask(masks, name, n, f"id_masks.{name}"))
         old = state.ids[name]  # [N] codebook ids or [D, N] scalar values
-        v = _array(values, name, (old.dtype.type,), old.shape[:-1] + (len(rows),), f"id_values.{name}")
+        what = f"id_values.{name}"
+        if name in smalls:  # small rows (-1, 0, +1 per value) coded, the others escaped
+            if old.ndim == 1 or old.shape[0] > SMALL_DIMS:
+                raise CodecError(f"id_small.{name}: only scalar groups of at most {SMALL_DIMS} values")
+            small = _array(smalls, name, (np.uint8,), (len(rows),), f"id_small.{name}")
+            v = unpack_small(small, _array(values, name, (old.dtype.type,), (old.shape[0], None), what)
+                             .view(np.int8 if old.dtype == np.uint8 else np.int16), f"id_small.{name}")
+            v = v.astype(old.dtype)  # modulo 2**8 or 2**16
+        else:
+            v = _array(values, name, (old.dtype.type,), old.shape[:-1] + (len(rows),), what)
         if not len(rows):
             ids[name] = old  # state arrays are never written in place
             continue
@@ -222,7 +249,143 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
             _check_ids(changed, state.codebooks[name].shape[0], f"id_values.{name}")
         ids[name] = old.copy()
         ids[name][..., rows] = changed
-    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, state.origin, q, ids)
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, state.origin, q, ids,
+                        state.tables)
+
+
+def _predicted(state: DecoderState, n: int, p: dict) -> DecoderState:
+    """A predicted interframe (docs/CODEC.md section 6b): the previous frame's voxels that are
+    kept, new voxels in the shell around them, other new Morton codes, and each row's values
+    against a prediction."""
+    _keys(p, {"origin", "shift", "kept", "shell", "morton", "values"}, "predicted interframe payload")
+    origin = _array(p, "origin", (np.float32,), (3,), "origin")
+    if not np.isfinite(origin).all():
+        raise CodecError("origin must be finite")
+    shift = _array(p, "shift", (np.int32,), (3,), "shift").astype(np.int64)
+    prev_codes, prev_rows, shell = previous_grid(state, shift)
+    kept = _mask(p, "kept", len(prev_rows), "kept")
+    in_shell = _mask(p, "shell", len(shell), "shell")
+    planes = _array(p, "morton", (np.uint8,), (None, None), "morton")
+    if planes.shape[0] not in (1, 2, 4, 8):
+        raise CodecError(f"morton: {planes.shape[0]} byte planes, expected 1, 2, 4 or 8")
+    counts = (int(kept.sum()), int(in_shell.sum()), planes.shape[1])
+    if sum(counts) != n:
+        raise CodecError(f"kept rows, shell voxels and other new codes {counts} do not add up to {n} Gaussians")
+    deltas = np.ascontiguousarray(planes.T).view(f"<u{planes.shape[0]}").reshape(-1).astype(np.uint64)
+    other = np.cumsum(deltas, dtype=np.uint64)
+    if len(deltas) and (int(deltas.max()) >= 2 ** (3 * PREDICTED_BITS) or np.any(other[1:] < other[:-1])
+                        or int(other[-1]) >= 2 ** (3 * PREDICTED_BITS)):
+        raise CodecError(f"morton: new codes beyond {PREDICTED_BITS} bits per axis")
+    new_codes = np.sort(np.concatenate([shell[in_shell], other]))
+    codes = np.concatenate([prev_codes[kept], new_codes])
+    order = np.argsort(codes, kind="stable")  # kept rows first among equal codes
+    source = np.concatenate([prev_rows[kept], np.full(len(new_codes), -1)])[order]  # previous row or -1
+    names = list(state.ids)
+    values = _dict(p, "values", names)
+    ids = {}
+    for name in names:
+        old = state.ids[name]
+        v = _array(values, name, (old.dtype.type,), old.shape[:-1] + (n,), f"values.{name}")
+        ids[name] = predict_values(state, name, source, v)
+    return DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, origin,
+                        morton.decode(codes[order]), ids, state.tables)
+
+
+def previous_grid(state: DecoderState, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a predicted interframe (docs/CODEC.md section 6b): the previous frame's Morton codes
+    [M] uint64 on the new grid (its q + ``shift``), sorted (ties by row), the previous row of
+    each [M] int64, and the shell: the distinct codes [S] uint64, sorted, of the previous
+    voxels' face neighbours within [0, 2**PREDICTED_BITS) that are no previous voxel. Raises
+    ``CodecError`` when a shifted coordinate leaves [0, 2**PREDICTED_BITS)."""
+    q = state.q.astype(np.int64) + shift
+    if q.size and (int(q.min()) < 0 or int(q.max()) >= 2**PREDICTED_BITS):
+        raise CodecError(f"shift moves the previous frame beyond [0, 2**{PREDICTED_BITS}) steps")
+    codes = morton.encode(q)
+    rows = np.argsort(codes, kind="stable")
+    codes = codes[rows]
+    near = np.sort(np.concatenate([morton.step(codes[inside], a, d) for a in range(3) for d in (1, -1)
+                                   for inside in [q[rows, a] < 2**PREDICTED_BITS - 1 if d > 0 else q[rows, a] > 0]]))
+    near = near[np.r_[True, near[1:] != near[:-1]]] if len(near) else near  # distinct (np.unique is slower)
+    found = np.searchsorted(codes, near)
+    shell = near[codes[np.minimum(found, len(codes) - 1)] != near] if len(codes) else near
+    return codes, rows, shell
+
+
+def rank_table(codebook: np.ndarray) -> np.ndarray:
+    """[K, K] uint16: row a lists the codebook's ids by squared distance to entry a (float64
+    (c[a, d] - c[b, d])**2 summed over d in order from 0), ties by id (docs/CODEC.md 6b)."""
+    c = codebook.astype(np.float64)
+    dist = np.zeros((len(c), len(c)))
+    for d in range(c.shape[1]):
+        dist += (c[:, None, d] - c[None, :, d]) ** 2
+    return np.argsort(dist, axis=1, kind="stable").astype(np.uint16)
+
+
+def ranked(state: DecoderState, name: str) -> np.ndarray | None:
+    """The ``rank_table`` of a group whose codebook has at most RANK_ROWS rows (made once per
+    GOP, kept in ``state.tables``), else None (a scalar group or a larger codebook)."""
+    if name not in state.codebooks or state.codebooks[name].shape[0] > RANK_ROWS:
+        return None
+    if name not in state.tables:
+        state.tables[name] = rank_table(state.codebooks[name])
+    return state.tables[name]
+
+
+def predict_values(state: DecoderState, name: str, source: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Values of one group of a predicted interframe (docs/CODEC.md section 6b) from its coded
+    ``v`` ([N] or [D, N]) and ``source`` [N] (each row's previous row, -1 for a new voxel).
+
+    A kept row is predicted by its previous value, a new row by the row before it (0 for row 0);
+    codebooks of at most RANK_ROWS rows code the rank of the id in the predictor's row of
+    ``rank_table``, other groups the difference from the predictor modulo 2**8 or 2**16."""
+    old, n = state.ids[name], len(source)
+    kept = source >= 0
+    pred_kept = old[..., source[kept]]
+    table = ranked(state, name)
+    if table is not None:
+        if v.size and int(v.max()) >= table.shape[0]:
+            raise CodecError(f"values.{name}: rank {int(v.max())} out of range for a codebook of {table.shape[0]}")
+        out = np.zeros(n, old.dtype)
+        out[kept] = table[pred_kept, v[kept]]
+        # new rows follow the row before them: in runs, one step of every run at a time
+        new = np.flatnonzero(~kept)
+        depth = new - np.maximum.accumulate(np.where(kept, np.arange(n), -1))[new] - 1
+        by_depth = new[np.argsort(depth, kind="stable")]
+        bounds = np.searchsorted(np.sort(depth), np.arange(int(depth.max()) + 2 if len(new) else 0))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            rows = by_depth[lo:hi]
+            before = out[np.maximum(rows - 1, 0)]
+            before[rows == 0] = 0
+            out[rows] = table[before, v[rows]]
+        return out
+    # differences modulo the type: a kept row adds to its previous value, a run of new rows
+    # adds up from the row before the run (0 before row 0)
+    last = np.maximum.accumulate(np.where(kept, np.arange(n), -1))  # [N] last kept row <= i
+    base = np.zeros(old.shape[:-1] + (n,), old.dtype)
+    base[..., kept] = pred_kept + v[..., kept]
+    steps = np.where(kept, 0, v).astype(old.dtype)
+    run = np.cumsum(steps, axis=-1, dtype=old.dtype)
+    start = np.where(last >= 0, last, 0)
+    out = np.where(last >= 0, base[..., start] + run - run[..., start], run)
+    out = out.astype(old.dtype)
+    if name in state.codebooks:
+        _check_ids(out, state.codebooks[name].shape[0], f"values.{name}")
+    return out
+
+
+def unpack_small(codes: np.ndarray, escaped: np.ndarray, what: str) -> np.ndarray:
+    """Rows [D, M] int64 of an array coded as small rows (docs/CODEC.md section 6): ``codes``
+    [M] uint8, each either sum over j of (v[j] + 1) * 3**j for a row whose D values are all in
+    -1..1, or ESCAPE: the next column of ``escaped`` [D, E] (as many columns as ESCAPE codes)."""
+    d = escaped.shape[0]
+    esc = codes == ESCAPE
+    if len(codes) and (int(codes[~esc].max(initial=0)) >= 3**d or d > SMALL_DIMS):
+        raise CodecError(f"{what}: codes must be below 3**{d} or {ESCAPE}")
+    if int(esc.sum()) != escaped.shape[1]:
+        raise CodecError(f"{what}: {int(esc.sum())} escape codes for {escaped.shape[1]} escaped rows")
+    out = (codes[None].astype(np.int64) // 3 ** np.arange(d)[:, None]) % 3 - 1
+    out[:, esc] = escaped
+    return out
 
 
 # --- fields ------------------------------------------------------------------------------------

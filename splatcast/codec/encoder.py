@@ -18,7 +18,18 @@ from scipy.spatial import cKDTree
 
 from splatcast.codec import kmeans, morton
 from splatcast.codec.config import CodecConfig, CodecError, Quality
-from splatcast.codec.decoder import MAX_Q, SCALAR_LIMIT, DecoderState, FrameDecoder, id_dtype
+from splatcast.codec.decoder import (
+    ESCAPE,
+    MAX_Q,
+    PREDICTED_BITS,
+    SCALAR_LIMIT,
+    SMALL_DIMS,
+    DecoderState,
+    FrameDecoder,
+    id_dtype,
+    previous_grid,
+    ranked,
+)
 from splatcast.codec.frame import C0, GaussianFrame
 
 NN_SAMPLE = 10000
@@ -97,6 +108,8 @@ class FrameEncoder:
         self._scalar: dict[str, tuple[torch.Tensor, torch.Tensor, type]] = {}  # name -> offset [D],
         # step [D] (float64, the float32 values sent) and value dtype (scalar-quantised groups)
         self._near: dict[str, torch.Tensor] = {}  # name -> [K, L] nearest centroids of each
+        self._lattice = False  # whether the keyframe's positions lie on a lattice
+        self._inverse: dict[str, np.ndarray] = {}  # name -> [K, K] rank of id b in row a of rank_table
         self._intra_bpg = 0.0  # zstd bytes per Gaussian of the last keyframe/intra positions + ids
         self._unit = 1  # interframe position unit and dead zone (unit / 2), in steps
         self._limits: dict[str, float] = {}  # name -> L, see _limit
@@ -122,7 +135,9 @@ class FrameEncoder:
                 # an intra frame is only tried when an interframe is not clearly smaller
                 try_intra = inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n
                 intra = self._intra(state, means, ids) if try_intra else None
-                candidates = [c for c in (inter, intra) if c is not None]
+                # voxelised captures: a predicted interframe (kept voxels, new ones)
+                pred = self._predicted(state, means, ids) if try_intra and self._lattice else None
+                candidates = [c for c in (inter, intra, pred) if c is not None]
         if candidates:
             _, kind, payload, order = min(candidates)
             self._gop_pos += 1
@@ -140,6 +155,7 @@ class FrameEncoder:
 
     def _keyframe(self, means: np.ndarray, feats: dict[str, torch.Tensor]):
         step, self._unit, lattice = _step_and_unit(means, self.config)
+        self._lattice, self._inverse = lattice, {}
         origin, order, planes = _positions(means, step)
         codebooks, scalar, self._scalar = {}, {}, {}
         steps = _group_steps(self.config.steps, feats)
@@ -188,6 +204,62 @@ class FrameEncoder:
         payload = dict(origin=origin, morton=planes, **self._id_payload(ids, order))
         return _size(payload), "intra", payload, order
 
+    def _predicted(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]
+                   ) -> _Candidate | None:
+        """A predicted interframe against ``state`` (docs/CODEC.md section 6b), or None when the
+        positions do not fit PREDICTED_BITS per axis on the new grid.
+
+        The grid keeps this frame's own offset (origin = the positions' minimum, lowered by whole
+        steps so that the previous frame, shifted by the nearest whole number of steps, stays at
+        coordinates >= 0). Previous voxels are matched to this frame's by equal Morton codes (as
+        multisets); new voxels are bits of the shell (the previous voxels' face neighbours) or,
+        the few others, Morton code differences; values are coded against ``predict_values``'
+        predictions."""
+        step, n = float(state.step), len(means)
+        if not n or not state.num_gaussians:
+            return None
+        low = np.array([c.min() for c in means.T])  # per column: faster than min(0)
+        shift = np.rint((state.origin.astype(np.float64) - low) / step)
+        pad = np.maximum(0.0, -(shift + state.q.min(0)))
+        origin = (low - pad * step).astype(np.float32)
+        q = np.maximum(np.rint((means - origin.astype(np.float64)) / step), 0)
+        if q.max() >= 2**PREDICTED_BITS or (shift + pad + state.q.max(0)).max() >= 2**PREDICTED_BITS:
+            return None
+        codes = morton.encode(q.astype(np.int64))
+        order = np.argsort(codes, kind="stable")
+        codes = codes[order]
+        prev_codes, prev_rows, shell = previous_grid(state, (shift + pad).astype(np.int64))
+        # multiset matching: the first min(count before, count now) rows of each code are kept
+        first_prev = np.searchsorted(prev_codes, codes, "left")
+        in_prev = np.searchsorted(prev_codes, codes, "right") - first_prev
+        occurrence = np.arange(n) - np.searchsorted(codes, codes, "left")
+        is_kept = occurrence < in_prev  # [N] codec rows
+        in_now = np.searchsorted(codes, prev_codes, "right") - np.searchsorted(codes, prev_codes, "left")
+        kept = np.arange(len(prev_codes)) - np.searchsorted(prev_codes, prev_codes, "left") < in_now
+        source = np.where(is_kept, prev_rows[np.minimum(first_prev + occurrence, len(prev_rows) - 1)], -1)
+        values = {}
+        for name, cur in self._ids_in_order(ids, order).items():
+            pred = np.concatenate([np.zeros(cur.shape[:-1] + (1,), cur.dtype), cur[..., :-1]], -1)
+            pred[..., is_kept] = state.ids[name][..., source[is_kept]]
+            table = ranked(state, name)
+            if table is None:
+                values[name] = cur - pred  # modulo the type
+                continue
+            if name not in self._inverse:
+                inverse = np.empty_like(table)
+                np.put_along_axis(inverse, table.astype(np.int64),
+                                  np.broadcast_to(np.arange(len(table), dtype=table.dtype), table.shape), 1)
+                self._inverse[name] = inverse
+            values[name] = self._inverse[name][pred, cur].astype(cur.dtype)
+        new = codes[~is_kept]
+        # a new voxel in the shell is a bit of the shell mask (once per code), others are listed
+        once = np.isin(new, shell) & np.r_[True, new[1:] != new[:-1]]
+        other = new[~once]
+        payload = dict(origin=origin, shift=(shift + pad).astype(np.int32), kept=_pack(kept),
+                       shell=_pack(np.isin(shell, new[once])),
+                       morton=_planes(np.diff(other, prepend=np.uint64(0))), values=values)
+        return _size(payload), "interframe", payload, order
+
     def _interframe(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]
                     ) -> _Candidate | None:
         """An interframe against ``state`` (the decoder's), or None if a move leaves the grid."""
@@ -204,14 +276,19 @@ class FrameEncoder:
         if moves.size and np.abs(state.q.take(rows, axis=0) + moves * unit).max() >= MAX_Q:
             return None
         delta = np.diff(moves.T, axis=1, prepend=0)  # [3, M] differences along codec order
-        id_masks, id_values = {}, {}
+        pos_small, escaped = _small_rows(delta)
+        id_masks, id_small, id_values = {}, {}, {}
         for name, cur in self._ids_in_order(ids, order).items():
             prev = state.ids[name]  # [N] ids or [D, N] scalar values
             changed = cur != prev if cur.ndim == 1 else (cur != prev).any(0)
             id_masks[name] = _pack(changed)
-            id_values[name] = np.ascontiguousarray(cur[..., changed] - prev[..., changed])  # wraps
-        payload = dict(unit=unit, pos_mask=_pack(mask), pos_delta=_narrow_int(delta),
-                       id_masks=id_masks, id_values=id_values)
+            v = np.ascontiguousarray(cur[..., changed] - prev[..., changed])  # wraps
+            id_values[name] = v
+            if v.ndim == 2 and v.shape[0] <= SMALL_DIMS and v.shape[1]:
+                codes, rest = _small_rows(v.view(np.int8 if v.dtype == np.uint8 else np.int16))
+                id_small[name], id_values[name] = codes, np.ascontiguousarray(rest.astype(v.dtype))
+        payload = dict(unit=unit, pos_mask=_pack(mask), pos_small=pos_small, pos_delta=_narrow_int(escaped),
+                       id_masks=id_masks, id_small=id_small, id_values=id_values)
         return _size(payload), "interframe", payload, order
 
     # --- attributes ----------------------------------------------------------------------------
@@ -415,9 +492,15 @@ def _positions(means: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, 
     codes = morton.encode(q.astype(np.int64))
     order = np.argsort(codes, kind="stable")
     codes = codes[order]
-    deltas = _narrow_uint(np.diff(codes, prepend=np.uint64(0)))
+    return origin, order, _planes(np.diff(codes, prepend=np.uint64(0)))
+
+
+def _planes(deltas: np.ndarray) -> np.ndarray:
+    """Morton code differences [N] uint64 as little-endian byte planes (uint8 [W, N], W = 1, 2,
+    4 or 8 bytes: the narrowest type that holds them all)."""
+    deltas = _narrow_uint(deltas)
     planes = deltas.astype(deltas.dtype.newbyteorder("<")).view(np.uint8).reshape(len(deltas), deltas.itemsize)
-    return origin, order, np.ascontiguousarray(planes.T)
+    return np.ascontiguousarray(planes.T)
 
 
 def _narrow_uint(a: np.ndarray) -> np.ndarray:
@@ -426,6 +509,16 @@ def _narrow_uint(a: np.ndarray) -> np.ndarray:
         if top <= np.iinfo(dt).max:
             return np.ascontiguousarray(a.astype(dt))
     return np.ascontiguousarray(a.astype(np.uint64))  # (an unsigned 64-bit value always fits)
+
+
+def _small_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of ``v`` [D, M] (signed ints, D <= SMALL_DIMS) as small-rows codes [M] uint8 and
+    the escaped columns [D, E] (``decoder.unpack_small``): a column whose values are all in
+    -1..1 is one byte, the sum of (v[j] + 1) * 3**j; zstd codes these bytes by their frequency
+    (interframe residuals are mostly -1, 0, 1: docs/CODEC.md section 12)."""
+    small = (v >= -1).all(0) & (v <= 1).all(0)
+    codes = ((v.astype(np.int64) + 1) * 3 ** np.arange(v.shape[0])[:, None]).sum(0)
+    return np.where(small, codes, ESCAPE).astype(np.uint8), np.ascontiguousarray(v[:, ~small])
 
 
 def _narrow_int(a: np.ndarray) -> np.ndarray:

@@ -41,3 +41,16 @@ def decode(codes: np.ndarray) -> np.ndarray:
     """Morton codes [N] uint64 (< 2**63) -> integer coordinates [N, 3] int32."""
     codes = codes.astype(np.uint64, copy=False)
     return np.stack([_compact(codes >> np.uint64(a)) for a in range(3)], axis=1).astype(np.int32)
+
+
+AXIS_MASKS = [np.uint64(sum(1 << (3 * b + a) for b in range(BITS))) for a in range(3)]
+"""The code bits of each axis (bit ``3*b + a`` for axis ``a``)."""
+
+
+def step(codes: np.ndarray, axis: int, delta: int) -> np.ndarray:
+    """Codes [N] uint64 of the points one step away (``delta`` +1 or -1) along ``axis``,
+    computed on the codes (the carry or borrow runs through that axis's bits only); the
+    coordinates must stay in [0, 2**21)."""
+    m = AXIS_MASKS[axis]
+    moved = (codes | ~m) + np.uint64(1) if delta > 0 else (codes & m) - np.uint64(1)
+    return (moved & m) | (codes & ~m)

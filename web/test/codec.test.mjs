@@ -18,7 +18,7 @@ function load(name) {
   return { doc, frames: msgs.filter((m) => m.t === "frame") };
 }
 
-for (const name of ["codec_tracked", "codec_tracked_high", "codec_untracked"]) {
+for (const name of ["codec_tracked", "codec_tracked_high", "codec_untracked", "codec_predicted", "codec_predicted_scalar"]) {
   test(`${name}: JS decoder output is bit-identical to Python's`, { skip: !existsSync(`${VECTORS}${name}.json`) }, () => {
     const { doc, frames } = load(name);
     assert.equal(frames.length, doc.frames.length);

@@ -17,9 +17,13 @@ export class CodecError extends Error {
 /** Attribute groups -> vector length D; shN_b is SH band b, coefficient-major. */
 export const GROUP_DIMS = { rotation: 4, scale: 3, opacity: 1, sh0: 3, shN_1: 9, shN_2: 15, shN_3: 21 };
 const MAX_Q = 2 ** 24;
+const PREDICTED_BITS = 17; // predicted interframes: coordinates in [0, 2^17), codes < 2^51 (exact numbers)
+const RANK_ROWS = 1024; // codebooks up to this size code a predicted interframe's ids as ranks
 const SCALAR_LIMIT = 1e30;
 const SCALAR_DTYPES = ["|u1", "<u2"];
 const INT = ["|i1", "<i2", "<i4"];
+const ESCAPE = 255; // a small-rows code that takes its row from the escaped rows
+const SMALL_DIMS = 5; // rows of at most this many values may be coded as small rows
 
 export function groupNames(shDegree) {
   const names = ["rotation", "scale", "opacity", "sh0"];
@@ -106,12 +110,24 @@ function mortonPositions(planes, n) {
     lo = (lo + dlo) | 0;
     hi = (hi + dhi + carry) | 0; // hi, dhi < 2^31: the sum is < 2^32 and negative here iff >= 2^31
     if (dhi < 0 || hi < 0) throw new CodecError("morton deltas overflow 63-bit codes");
-    // lo holds code bits 0..31, hi bits 32..62: axis a starts at lo bit a and hi bit (a+1)%3.
-    q[3 * i] = compact11(lo) | (compact11(hi >>> 1) << 11);
-    q[3 * i + 1] = compact11(lo >>> 1) | (compact11(hi >>> 2) << 11);
-    q[3 * i + 2] = compact11(lo >>> 2) | (compact11(hi) << 10);
+    setCoords(q, i, lo, hi);
   }
   return q;
+}
+
+/** Row i of q [N*3] from a Morton code's 32-bit halves: lo holds code bits 0..31, hi bits
+ * 32..62; axis a starts at lo bit a and hi bit (a+1)%3. */
+function setCoords(q, i, lo, hi) {
+  q[3 * i] = compact11(lo) | (compact11(hi >>> 1) << 11);
+  q[3 * i + 1] = compact11(lo >>> 1) | (compact11(hi >>> 2) << 11);
+  q[3 * i + 2] = compact11(lo >>> 2) | (compact11(hi) << 10);
+}
+
+/** Morton code of coordinates in [0, 2^17) as a number (< 2^51, exact). */
+function morton17(x, y, z) {
+  let code = 0;
+  for (let b = PREDICTED_BITS - 1; b >= 0; b--) code = code * 8 + ((z >> b) & 1) * 4 + ((y >> b) & 1) * 2 + ((x >> b) & 1);
+  return code;
 }
 
 function positions(n, p) {
@@ -229,21 +245,58 @@ function changeIds(ids, mask, values, rows, what, write, n) {
   }
 }
 
+/** Rows [D*M] (into `out`, row-major [D, M]) of an array coded as small rows: codes [M]
+ * uint8, each sum over j of (v[j] + 1) * 3^j for a row of values in -1..1, or ESCAPE: the next
+ * column of `escaped` (a WireArray [D, E]). Values are written as `out`'s type wraps them. */
+function unpackSmall(codes, escaped, out, what) {
+  const d = escaped.shape[0], e = escaped.shape[1], m = codes.length, x = escaped.data;
+  const limit = 3 ** d;
+  need(d <= SMALL_DIMS, `${what}: rows of ${d} values cannot be small rows`);
+  let k = 0;
+  for (let i = 0; i < m; i++) {
+    const c = codes[i];
+    if (c === ESCAPE) {
+      need(k < e, `${what}: more escape codes than the ${e} escaped rows`);
+      for (let j = 0; j < d; j++) out[j * m + i] = x[j * e + k];
+      k++;
+    } else {
+      need(c < limit, `${what}: codes must be below 3**${d} or ${ESCAPE}`);
+      for (let j = 0, r = c; j < d; j++, r = (r - (r % 3)) / 3) out[j * m + i] = (r % 3) - 1;
+    }
+  }
+  need(k === e, `${what}: ${k} escape codes for ${e} escaped rows`);
+  return out;
+}
+
 function interframe(state, n, p) {
-  keys(p, ["unit", "pos_mask", "pos_delta", "id_masks", "id_values"], "interframe payload");
+  keys(p, ["unit", "pos_mask", "pos_small", "pos_delta", "id_masks", "id_small", "id_values"], "interframe payload");
   need(n === state.n, `interframe for ${n} Gaussians, reference frame has ${state.n}`);
   const unit = intField(p, "unit", 1, 2 ** 21);
   const moved = bitMask(p, "pos_mask", n, "pos_mask");
-  // pos_delta [3, M]: per axis, the moved rows' steps as differences along the mask order.
-  const delta = array(p, "pos_delta", INT, [3, moved.count], "pos_delta").data;
+  // pos_small [M] + pos_delta [3, E]: per axis, the moved rows' steps as differences along the
+  // mask order, small rows coded in one byte.
+  const posSmall = array(p, "pos_small", ["|u1"], [moved.count], "pos_small").data;
+  const delta = unpackSmall(posSmall, array(p, "pos_delta", INT, [3, null], "pos_delta"),
+    new Int32Array(3 * moved.count), "pos_small");
   const names = Object.keys(state.codes);
   const masks = dict(p, "id_masks", names);
+  const smalls = p.id_small;
+  need(smalls !== null && typeof smalls === "object" && !(smalls instanceof WireArray)
+    && Object.keys(smalls).every((g) => names.includes(g)), `id_small must be a dict with keys among ${names}`);
   const values = dict(p, "id_values", names);
   const rowsOf = (name) => (name in state.books ? state.books[name].rows : 0);
   const changes = names.map((name) => {
     const mask = bitMask(masks, name, n, `id_masks.${name}`);
-    const want = state.codes[name] instanceof Uint8Array ? "|u1" : "<u2";
-    const shape = name in state.scalar ? [GROUP_DIMS[name], mask.count] : [mask.count];
+    const ids = state.codes[name];
+    const want = ids instanceof Uint8Array ? "|u1" : "<u2";
+    const dims = name in state.scalar ? GROUP_DIMS[name] : 0;
+    if (Object.hasOwn(smalls, name)) {
+      need(dims > 0 && dims <= SMALL_DIMS, `id_small.${name}: only scalar groups of at most ${SMALL_DIMS} values`);
+      const small = array(smalls, name, ["|u1"], [mask.count], `id_small.${name}`).data;
+      const escaped = array(values, name, [want], [dims, null], `id_values.${name}`);
+      return { name, mask, values: unpackSmall(small, escaped, new ids.constructor(dims * mask.count), `id_small.${name}`) };
+    }
+    const shape = dims ? [dims, mask.count] : [mask.count];
     return { name, mask, values: array(values, name, [want], shape, `id_values.${name}`).data };
   });
   for (const { name, mask, values: v } of changes) {
@@ -260,6 +313,148 @@ function interframe(state, n, p) {
   const changedIds = {};
   for (const { name, mask } of changes) changedIds[name] = mask.count ? mask.bits : null;
   return { ...state, changed: { moved: moved.count ? moved.bits : null, ids: changedIds } };
+}
+
+/** Row a of a codebook's rank table (K*K, cached on the codebook) lists its ids by squared
+ * distance to entry a (float64, summed over the dimensions in order), ties by id. */
+function rankTable(book) {
+  if (book.table) return book.table;
+  const { rows: k, dim, data } = book;
+  const table = new Uint16Array(k * k), dist = new Float64Array(k);
+  const ids = Array.from({ length: k }, (_, b) => b);
+  for (let a = 0; a < k; a++) {
+    for (let b = 0; b < k; b++) {
+      let acc = 0;
+      for (let d = 0; d < dim; d++) {
+        const diff = data[a * dim + d] - data[b * dim + d];
+        acc += diff * diff;
+      }
+      dist[b] = acc;
+    }
+    const sorted = ids.slice().sort((x, y) => dist[x] - dist[y] || x - y);
+    table.set(sorted, a * k);
+  }
+  book.table = table;
+  return table;
+}
+
+/** Previous frame's rows sorted by their Morton codes on the new grid (q + shift), ties by row,
+ * and the shell: the distinct sorted codes of their face neighbours within [0, 2^17) that are no
+ * previous voxel. {codes: Float64Array [M], rows: Int32Array [M], shell: Float64Array [S]}. */
+function previousGrid(state, shift) {
+  const m = state.n, q = state.q, lim = 2 ** PREDICTED_BITS;
+  const codes = new Float64Array(m), moved = new Int32Array(3 * m);
+  for (let i = 0; i < 3 * m; i++) {
+    moved[i] = q[i] + shift[i % 3];
+    need(moved[i] >= 0 && moved[i] < lim, `shift moves the previous frame beyond [0, 2**${PREDICTED_BITS}) steps`);
+  }
+  for (let i = 0; i < m; i++) codes[i] = morton17(moved[3 * i], moved[3 * i + 1], moved[3 * i + 2]);
+  const rows = Int32Array.from({ length: m }, (_, i) => i).sort((a, b) => codes[a] - codes[b] || a - b);
+  const sorted = Float64Array.from(rows, (r) => codes[r]);
+  const near = new Float64Array(6 * m);
+  let k = 0;
+  for (let i = 0; i < m; i++) {
+    for (let a = 0; a < 3; a++) {
+      for (const d of [1, -1]) {
+        const c = [moved[3 * i], moved[3 * i + 1], moved[3 * i + 2]];
+        c[a] += d;
+        if (c[a] >= 0 && c[a] < lim) near[k++] = morton17(c[0], c[1], c[2]);
+      }
+    }
+  }
+  const all = near.subarray(0, k).sort();
+  const shell = [];
+  for (let i = 0, j = 0; i < all.length; i++) {
+    if (i && all[i] === all[i - 1]) continue;
+    while (j < m && sorted[j] < all[i]) j++;
+    if (j === m || sorted[j] !== all[i]) shell.push(all[i]);
+  }
+  return { codes: sorted, rows, shell: Float64Array.from(shell) };
+}
+
+/** Values of one group of a predicted interframe: a kept row is predicted by its previous value,
+ * a new row by the row before it (0 for row 0); ranks in the predictor's rank table row for
+ * codebooks up to RANK_ROWS rows, else differences modulo 2^8 or 2^16. */
+function predictValues(state, name, source, v, n, what) {
+  const old = state.codes[name], book = state.books[name];
+  const out = new old.constructor(old.length / Math.max(state.n, 1) * n);
+  if (book && book.rows <= RANK_ROWS) {
+    const table = rankTable(book), k = book.rows;
+    for (let i = 0; i < n; i++) {
+      need(v[i] < k, `${what}: rank ${v[i]} out of range for a codebook of ${k}`);
+      const pred = source[i] >= 0 ? old[source[i]] : i ? out[i - 1] : 0;
+      out[i] = table[pred * k + v[i]];
+    }
+    return out;
+  }
+  const wrap = old.BYTES_PER_ELEMENT === 1 ? 0xff : 0xffff, m = state.n;
+  for (let r = 0; r < out.length / Math.max(n, 1); r++) {
+    for (let i = 0; i < n; i++) {
+      const pred = source[i] >= 0 ? old[r * m + source[i]] : i ? out[r * n + i - 1] : 0;
+      out[r * n + i] = (pred + v[r * n + i]) & wrap;
+    }
+  }
+  if (book) checkIds(out, book.rows, what);
+  return out;
+}
+
+function predicted(state, n, p) {
+  keys(p, ["origin", "shift", "kept", "shell", "morton", "values"], "predicted interframe payload");
+  const origin = array(p, "origin", ["<f4"], [3], "origin").data.slice();
+  need(origin.every(Number.isFinite), "origin must be finite");
+  const shift = array(p, "shift", ["<i4"], [3], "shift").data;
+  const prev = previousGrid(state, shift);
+  const kept = bitMask(p, "kept", state.n, "kept");
+  const inShell = bitMask(p, "shell", prev.shell.length, "shell");
+  const planes = array(p, "morton", ["|u1"], [null, null], "morton");
+  const w = planes.shape[0], others = planes.shape[1], b = planes.data;
+  need([1, 2, 4, 8].includes(w), `morton: ${w} byte planes, expected 1, 2, 4 or 8`);
+  need(kept.count + inShell.count + others === n,
+    `kept rows, shell voxels and other new codes ${kept.count},${inShell.count},${others} do not add up to ${n} Gaussians`);
+  const limit = 2 ** (3 * PREDICTED_BITS);
+  const other = new Float64Array(others);
+  for (let i = 0, code = 0; i < others; i++) {
+    let delta = 0;
+    for (let k = w - 1; k >= 0; k--) delta = delta * 256 + b[k * others + i];
+    code += delta; // exact: both < 2^51
+    need(delta < limit && code < limit, `morton: new codes beyond ${PREDICTED_BITS} bits per axis`);
+    other[i] = code;
+  }
+  // the new codes, sorted: the shell's marked codes merged with the others
+  const fresh = inShell.count + others;
+  const newCodes = new Float64Array(fresh);
+  for (let i = 0, s = 0, o = 0; i < fresh; i++) {
+    while (s < prev.shell.length && !((inShell.bits[s >> 3] >> (s & 7)) & 1)) s++;
+    newCodes[i] = s < prev.shell.length && (o >= others || prev.shell[s] <= other[o]) ? prev.shell[s++] : other[o++];
+  }
+  // merge the kept previous rows (sorted) and the new codes, kept rows first among equal codes
+  const q = new Int32Array(n * 3), source = new Int32Array(n);
+  let a = 0, c = 0;
+  const nextKept = () => { while (a < state.n && !((kept.bits[a >> 3] >> (a & 7)) & 1)) a++; };
+  nextKept();
+  for (let i = 0; i < n; i++) {
+    let code;
+    if (a < state.n && (c >= fresh || prev.codes[a] <= newCodes[c])) {
+      code = prev.codes[a];
+      source[i] = prev.rows[a++];
+      nextKept();
+    } else {
+      code = newCodes[c++];
+      source[i] = -1;
+    }
+    setCoords(q, i, code % 4294967296, Math.floor(code / 4294967296));
+  }
+  const names = Object.keys(state.codes);
+  const values = dict(p, "values", names);
+  const codes = {};
+  for (const name of names) {
+    const old = state.codes[name];
+    const want = old instanceof Uint8Array ? "|u1" : "<u2";
+    const shape = name in state.scalar ? [GROUP_DIMS[name], n] : [n];
+    const v = array(values, name, [want], shape, `values.${name}`).data;
+    codes[name] = predictValues(state, name, source, v, n, `values.${name}`);
+  }
+  return { ...state, origin, q, codes, n, changed: null };
 }
 
 /** Values [N*D] of a group of a decoder state: codebook rows, or for a scalar-quantised group
@@ -373,7 +568,9 @@ export class FrameDecoder {
     } else {
       need(this.state !== null, `'${frameType}' frame before any keyframe: start decoding at a keyframe`);
       if (frameType === "intra") next = intra(this.state, numGaussians, payload);
-      else if (frameType === "interframe") next = interframe(this.state, numGaussians, payload);
+      else if (frameType === "interframe") {
+        next = "kept" in payload ? predicted(this.state, numGaussians, payload) : interframe(this.state, numGaussians, payload);
+      }
       else throw new CodecError(`unknown frame type '${frameType}'`);
     }
     this.state = withView(next, this.state);
