@@ -126,6 +126,7 @@ class Sequence:
     encode_ms_mean: float | None
     subscribers: int  # live now
     codec: dict[str, Any]  # CodecConfig fields
+    bitrate_mbps: float | None = None  # mean over the frames stored; None before frame 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class FrameInfo:
     raw_bytes: int  # size of the uploaded PLY
     encode_ms: float
     received_at: float  # Unix time
+    window_mbps: float | None = None  # bitrate of the 1 s window ending here (frame index only)
 
 
 @dataclass(frozen=True)

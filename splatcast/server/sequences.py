@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError, read_ply
+from splatcast.codec.encoder import EncodedFrame
+from splatcast.codec.rate import RateController, make_encoder
 from splatcast.protocol import EndOfStream, ErrorMessage, FrameMessage, ProtocolError, StreamHeader, encode_message
 from splatcast.server.errors import BadRequest, Conflict, Invalid, NotFound, NotHolder, TooLarge, TooMany, Unavailable
 from splatcast.server.hub import Broadcaster, Item
@@ -63,7 +65,7 @@ class Sequences:
         self.leases = leases
         self._locks: dict[str, asyncio.Lock] = {}
         self._header_reads: dict[tuple[str, int], asyncio.Future[bytes]] = {}
-        self._encoders: dict[str, FrameEncoder] = {}
+        self._encoders: dict[str, FrameEncoder | RateController] = {}
         self._pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="splatcast-encode")
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="splatcast-hash")
 
@@ -218,7 +220,8 @@ class Sequences:
             raise TooLarge(f"{frame.num_gaussians} Gaussians over the limit of {self.settings.max_gaussians}")
         if info.sh_degree is not None and frame.sh_degree != info.sh_degree:
             raise Invalid(f"frame has SH degree {frame.sh_degree}, the sequence has {info.sh_degree}")
-        encoder = self._encoders.pop(info.id, None) or FrameEncoder(CodecConfig.from_dict(info.codec))
+        encoder = self._encoders.pop(info.id, None) or make_encoder(CodecConfig.from_dict(info.codec), info.fps,
+                                                                    _message_size)
         t0 = time.perf_counter()
         try:
             encoded = encoder.encode(frame)
@@ -273,6 +276,13 @@ class Sequences:
             message = encode_message(ErrorMessage(code="deleted", message=f"sequence {seq_id!r} was deleted"))
             self.hub.publish(seq_id, Item("error", message))
         self._locks.pop(seq_id, None)
+
+
+def _message_size(encoded: EncodedFrame) -> int:
+    """Bytes of ``encoded``'s frame message (as frame 0's: other indexes differ by a few bytes at
+    most), for the rate controller."""
+    return len(encode_message(FrameMessage(index=0, pts=0.0, frame_type=encoded.frame_type,
+                                           num_gaussians=encoded.num_gaussians, payload=encoded.payload)))
 
 
 def _sha256(body: bytes | bytearray) -> str:

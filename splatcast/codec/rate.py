@@ -1,0 +1,210 @@
+"""Rate control: a FrameEncoder wrapper that holds a target bitrate (docs/CODEC.md, "Rate control").
+
+Pure computation (sans-I/O): the caller supplies ``wire_size``, the size in bytes its transport
+gives an encoded frame (the protocol's msgpack + zstd message), so that the controller counts the
+bytes that are actually sent without this package importing the protocol.
+
+The knob is ``CodecConfig.step_scale`` (every quantisation step of the preset times one factor).
+The encoder fixes its quantisers at keyframes, so the controller decides once per GOP: at every
+keyframe it trial-encodes the frame on copies of the encoder at a few scales (a bracketed secant
+search on ln(GOP bytes) against ln(step_scale)) and keeps the copy whose predicted GOP bytes are
+nearest the GOP's budget. A trial's GOP prediction is its keyframe's bytes plus (gop - 1) times
+the bytes of the *previous* input frame encoded right after that keyframe (the same motion, or
+the same intra content, as the GOP's next frames will bring). The sequence's first keyframe has
+no previous frame: it is a probe sized as if every frame cost as much as it; when frame 1 shows
+that the GOP would miss its budget by more than RESTART, the GOP restarts at frame 1 with a
+keyframe sized by the full prediction. Within a GOP nothing can be changed: what the content
+does there (faster motion, more Gaussians) shows in the windows (docs/CODEC.md measures it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from splatcast.codec.config import CodecConfig
+from splatcast.codec.encoder import EncodedFrame, FrameEncoder
+from splatcast.codec.frame import GaussianFrame
+
+SCALE_MIN, SCALE_MAX = 0.01, 100.0
+"""Bounds of ``step_scale`` the controller uses (CodecConfig's whole range)."""
+TOLERANCE = 0.02
+"""The search stops when a trial's predicted GOP bytes are within this fraction of the budget."""
+MAX_TRIALS = 5
+"""Trial keyframe encodes per GOP at most."""
+MAX_JUMP = math.log(8.0)
+"""Largest change of ln(step_scale) from one trial to the next (the bytes model is local)."""
+SLOPE = -0.5
+"""Initial d ln(bytes) / d ln(step_scale), refined by every pair of trials (measured about -0.4
+to -0.7 on loot, tile and biker at medium)."""
+FEEDBACK = 0.25
+"""Fraction of the accumulated surplus (bytes sent minus the budget so far) taken off the next
+GOP's budget, at most CORRECTION of that budget: the long-run rate converges to the target."""
+CORRECTION = 0.04
+RESTART = 0.05
+"""The probe GOP restarts at its second frame when its predicted size misses the budget by more."""
+
+
+@dataclass
+class RateStats:
+    """What the controller did so far.
+
+    - ``sizes``: wire bytes of every frame sent, in order (``wire_size`` of each).
+    - ``scales``: step_scale of each frame's GOP.
+    - ``trials``: trial keyframe encodes run (each costs about one keyframe encode).
+    - ``clamped``: frames whose GOP wanted a step_scale beyond SCALE_MIN / SCALE_MAX: the target
+      is outside what the codec reaches with this preset (then it sends at the bound's rate).
+    """
+
+    sizes: list[int]
+    scales: list[float]
+    trials: int = 0
+    clamped: int = 0
+
+
+class RateController:
+    """``encode(frame) -> EncodedFrame`` like FrameEncoder, at ``config.target_mbps`` megabits
+    per second for a sequence of ``fps`` frames per second.
+
+    ``wire_size(encoded)`` must return the bytes the frame will take on the wire (e.g. the
+    protocol's message size); it is called for every trial and every frame sent. Raises
+    ``ValueError`` when ``config.target_mbps`` is None or ``fps`` is not a positive finite number,
+    ``CodecError`` as FrameEncoder does. One controller per sequence, one thread at a time.
+    """
+
+    def __init__(self, config: CodecConfig, fps: float, wire_size: Callable[[EncodedFrame], int]) -> None:
+        if config.target_mbps is None:
+            raise ValueError("RateController needs CodecConfig.target_mbps")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf:
+            raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+        self.config, self.fps, self.wire_size = config, float(fps), wire_size
+        self.frame_budget = config.target_mbps * 1e6 / 8 / self.fps  # bytes per frame
+        self.encoder = FrameEncoder(replace(config, step_scale=_clamp(config.step_scale)))
+        self.stats = RateStats([], [])
+        self._gop_pos = 0  # frames since the last keyframe (the encoder's rule: a keyframe at gop)
+        self._prev: GaussianFrame | None = None  # the previous input frame
+        self._slope = SLOPE
+
+    def encode(self, frame: GaussianFrame) -> EncodedFrame:
+        """Encode the next frame; a keyframe's step_scale is chosen for the GOP's budget."""
+        index = len(self.stats.sizes)
+        if index == 0 or self._gop_pos >= self.config.gop:
+            enc, size = self._keyframe(frame, index)
+        else:
+            saved = copy.deepcopy(self.encoder) if index == 1 else None
+            enc = self.encoder.encode(frame)
+            size = self.wire_size(enc)
+            if saved is not None and enc.frame_type != "keyframe":  # frame 1: end the probe GOP if it is off
+                predicted = self.stats.sizes[0] + size * (self.config.gop - 1)
+                if abs(predicted / (self.frame_budget * self.config.gop) - 1) > RESTART:
+                    self.encoder = saved
+                    enc, size = self._keyframe(frame, index)
+        if enc.frame_type == "keyframe":
+            self._gop_pos = 1
+        else:
+            self._gop_pos += 1
+        self.stats.sizes.append(size)
+        self.stats.scales.append(self.encoder.config.step_scale)
+        self._prev = frame  # (a reference: frames are not modified)
+        return enc
+
+    def _budget(self, index: int) -> float:
+        """Bytes for the GOP starting at frame ``index``: gop frames' worth, less a share of the
+        surplus so far (bounded)."""
+        gop_budget = self.frame_budget * self.config.gop
+        surplus = sum(self.stats.sizes) - self.frame_budget * index
+        return gop_budget - float(np.clip(FEEDBACK * surplus, -CORRECTION * gop_budget, CORRECTION * gop_budget))
+
+    def _trial(self, frame: GaussianFrame, scale: float) -> tuple[FrameEncoder, EncodedFrame, int, float]:
+        """``frame`` as a keyframe on a copy of the encoder at ``scale``: (the copy, the frame,
+        its wire bytes, predicted wire bytes of each other frame of the GOP). The prediction is
+        the previous input frame encoded next on a second copy (the same motion backwards:
+        an interframe or intra frame like the GOP's next ones); with no previous frame (the
+        sequence's first), the keyframe's bytes."""
+        trial = copy.deepcopy(self.encoder)
+        trial.config = replace(self.config, step_scale=scale, gop=1)  # gop=1: a keyframe now
+        enc = trial.encode(frame)
+        trial.config = replace(self.config, step_scale=scale)
+        size = self.wire_size(enc)
+        other = float(size)
+        if self._prev is not None:
+            other = float(self.wire_size(copy.deepcopy(trial).encode(self._prev)))
+        self.stats.trials += 1
+        return trial, enc, size, other
+
+    def _keyframe(self, frame: GaussianFrame, index: int) -> tuple[EncodedFrame, int]:
+        """Trial-encode ``frame`` as a keyframe at a few scales (secant search on ln GOP bytes
+        against ln step_scale, bracketed); keep the encoder copy whose predicted GOP bytes are
+        nearest the budget (in ratio)."""
+        target = math.log(self._budget(index))
+        x = math.log(self.encoder.config.step_scale)
+        lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
+        tried: list[tuple[float, float, FrameEncoder, EncodedFrame, int, float]] = []  # |miss|, x, ...
+        for _ in range(MAX_TRIALS):
+            trial, enc, size, other = self._trial(frame, _clamp(math.exp(x)))
+            y = math.log(size + (self.config.gop - 1) * other)
+            if tried:  # secant slope from the previous trial, when it makes sense
+                px, py = tried[-1][1], tried[-1][0]
+                if abs(x - px) > 1e-6 and (y - py) / (x - px) < -0.05:
+                    self._slope = (y - py) / (x - px)
+            tried.append((y, x, trial, enc, size, other))
+            if abs(y - target) <= TOLERANCE:
+                break
+            if y > target:
+                lo = x  # too many bytes: coarser
+            else:
+                hi = x
+            nxt = float(np.clip(x + np.clip((target - y) / self._slope, -MAX_JUMP, MAX_JUMP), lo, hi))
+            if any(abs(nxt - t[1]) < 1e-3 for t in tried):  # the secant points at a tried scale
+                if nxt <= math.log(SCALE_MIN) + 1e-6 or nxt >= math.log(SCALE_MAX) - 1e-6:
+                    break  # at a bound of step_scale: the target is out of reach
+                nxt = (lo + hi) / 2
+            x = nxt
+        y, x, self.encoder, enc, size, _ = min(tried, key=lambda t: abs(t[0] - target))
+        if abs(y - target) > 0.1 and (x <= math.log(SCALE_MIN) + 1e-6 or x >= math.log(SCALE_MAX) - 1e-6):
+            self.stats.clamped += 1
+        return enc, size
+
+
+def make_encoder(config: CodecConfig, fps: float, wire_size: Callable[[EncodedFrame], int]
+                 ) -> FrameEncoder | RateController:
+    """A RateController when ``config.target_mbps`` is set, else a plain FrameEncoder."""
+    return FrameEncoder(config) if config.target_mbps is None else RateController(config, fps, wire_size)
+
+
+def window_mbps(sizes: list[int] | np.ndarray, fps: float, seconds: float = 1.0) -> np.ndarray:
+    """Bitrate of every window of ``seconds`` of a sequence, megabits per second, float64 [W].
+
+    Frame i is sent at i / fps; a window holds the k = round(seconds x fps) consecutive frames
+    i..i+k-1 (each window starting at a frame, i = 0 .. n - k) and its bitrate is
+    8 x (their bytes) / (k / fps). Empty when the sequence is shorter than one window (k > n).
+    ``sizes``: bytes of each frame. ``ValueError`` for fps or seconds not positive."""
+    if not fps > 0 or not seconds > 0:
+        raise ValueError(f"fps and seconds must be positive, got {fps!r}, {seconds!r}")
+    k = max(1, round(seconds * fps))
+    s = np.asarray(sizes, np.float64)
+    if len(s) < k:
+        return np.zeros(0)
+    sums = np.convolve(s, np.ones(k), "valid")
+    return sums * 8 / (k / fps) / 1e6
+
+
+def buffer_seconds(sizes: list[int] | np.ndarray, fps: float, mbps: float) -> float:
+    """Largest fullness, in seconds at ``mbps``, of a leaky bucket drained at ``mbps`` into which
+    each frame's bytes drop at its time: F_i = max(0, F_(i-1) - R / fps) + size_i. The sender's
+    buffer (and the extra delay) a constant-rate channel of ``mbps`` needs for this stream."""
+    if not fps > 0 or not mbps > 0:
+        raise ValueError(f"fps and mbps must be positive, got {fps!r}, {mbps!r}")
+    drain, full, top = mbps * 1e6 / 8 / fps, 0.0, 0.0
+    for s in sizes:
+        full = max(0.0, full - drain) + float(s)
+        top = max(top, full)
+    return top * 8 / (mbps * 1e6)
+
+
+def _clamp(scale: float) -> float:
+    return min(max(scale, SCALE_MIN), SCALE_MAX)
