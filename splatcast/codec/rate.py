@@ -56,8 +56,10 @@ class RateStats:
     - ``sizes``: wire bytes of every frame sent, in order (``wire_size`` of each).
     - ``scales``: step_scale of each frame's GOP.
     - ``trials``: trial keyframe encodes run (each costs about one keyframe encode).
-    - ``clamped``: frames whose GOP wanted a step_scale beyond SCALE_MIN / SCALE_MAX: the target
-      is outside what the codec reaches with this preset (then it sends at the bound's rate).
+    - ``clamped``: GOPs that wanted a step_scale beyond SCALE_MIN / SCALE_MAX (predicted bytes
+      more than 10 % off the budget at the bound): the target is outside what the codec reaches
+      with this preset, and the GOP is sent at the bound's rate. The first frame's probe
+      keyframe is not counted.
     """
 
     sizes: list[int]
@@ -165,7 +167,8 @@ class RateController:
                 nxt = (lo + hi) / 2
             x = nxt
         y, x, self.encoder, enc, size, _ = min(tried, key=lambda t: abs(t[0] - target))
-        if abs(y - target) > 0.1 and (x <= math.log(SCALE_MIN) + 1e-6 or x >= math.log(SCALE_MAX) - 1e-6):
+        at_bound = x <= math.log(SCALE_MIN) + 1e-6 or x >= math.log(SCALE_MAX) - 1e-6
+        if abs(y - target) > 0.1 and at_bound and self._prev is not None:  # (not the first frame's probe)
             self.stats.clamped += 1
         return enc, size
 
