@@ -81,7 +81,9 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
     plys = [p.read_bytes() for p in ply_files(loot_dir)[:FRAMES]]
     with BackgroundServer(Settings(data_dir=tmp_path / "data")) as server, \
             httpx.Client(base_url=server.url, timeout=60) as http:
-        seq = http.post("/v1/sequences", json={"name": "loot live", "fps": 30}).json()
+        # rate-controlled (20 Mbit/s; loot costs about 13.9 at the default steps): a stream whose
+        # steps change from GOP to GOP, and the probe keyframe then a keyframe again at frame 1
+        seq = http.post("/v1/sequences", json={"name": "loot live", "fps": 30, "codec": {"target_mbps": 20}}).json()
         browser = launch_chromium(sync_playwright)
         try:
             page = browser.new_page(viewport={"width": 960, "height": 640})
@@ -101,7 +103,8 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
                              headers={"Content-Type": "application/octet-stream"})
                 assert r.status_code == 201, r.text
                 counts.append(r.json()["num_gaussians"])
-            assert http.post(f"/v1/sequences/{seq['id']}/finish").status_code == 200
+            finished = http.post(f"/v1/sequences/{seq['id']}/finish").json()
+            assert finished["codec"]["target_mbps"] == 20 and finished["bitrate_mbps"] > 0
 
             wait_for(page, f"window.splatcastViewer.framesDecoded >= {FRAMES}", 60_000, console)
             wait_for(page, "window.splatcastViewer.status === 'ended'", 20_000, console)
