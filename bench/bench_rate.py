@@ -71,9 +71,10 @@ def run(directory: Path, target: float, psnr_every: int, views: int, size: int, 
         if psnr_every and index % psnr_every == 0:
             psnrs.append((index, view_quality(frame, enc.reconstruction, views, size)["psnr"]))
     sizes = rc.stats.sizes
-    return dict(target=target, sizes=sizes, windows=window_mbps(sizes, fps), mbps=sum(sizes) * 8 * fps / len(sizes) / 1e6,
-                buffer=buffer_seconds(sizes, fps, target), scales=rc.stats.scales, trials=rc.stats.trials,
-                clamped=rc.stats.clamped, psnr=psnrs, types="".join(types), enc_s=t_enc / len(sizes))
+    return dict(target=target, sizes=sizes, windows=window_mbps(sizes, fps),
+                mbps=sum(sizes) * 8 * fps / len(sizes) / 1e6, buffer=buffer_seconds(sizes, fps, target),
+                scales=rc.stats.scales, trials=rc.stats.trials, missed=rc.stats.missed, psnr=psnrs,
+                types="".join(types), enc_s=t_enc / len(sizes))
 
 
 def line(name: str, r: dict) -> str:
@@ -81,7 +82,7 @@ def line(name: str, r: dict) -> str:
     p = [v for _, v in r["psnr"]]
     return (f"| {name} | {t:g} | {r['mbps']:.2f} | {w.min():.2f} .. {w.max():.2f} | {100 * (w.min() / t - 1):+.1f} .. "
             f"{100 * (w.max() / t - 1):+.1f} | {r['buffer']:.2f} | {min(r['scales']):.3g} .. {max(r['scales']):.3g} "
-            f"| {r['clamped']} | {np.mean(p) if p else float('nan'):.2f} ({min(p) if p else float('nan'):.2f}) "
+            f"| {r['missed']} | {np.mean(p) if p else float('nan'):.2f} ({min(p) if p else float('nan'):.2f}) "
             f"| {r['trials']} | {r['enc_s']:.2f} |")
 
 
@@ -137,7 +138,7 @@ def main() -> None:
                 results.setdefault(name, []).append(r)
                 print(f"  target {target:g}: types {r['types']}\n  {line(name, r)}", flush=True)
     print("\n| seq | target Mbit/s | mean Mbit/s | 1 s windows min .. max | vs target % | buffer s | step_scale "
-          "| clamped GOPs | PSNR dB mean (min) | trials | encode s/frame |")
+          "| missed GOPs | PSNR dB mean (min) | trials | encode s/frame |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rs in results.items():
         for r in rs:

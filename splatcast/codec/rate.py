@@ -39,14 +39,18 @@ MAX_TRIALS = 5
 MAX_JUMP = math.log(8.0)
 """Largest change of ln(step_scale) from one trial to the next (the bytes model is local)."""
 SLOPE = -0.5
-"""Initial d ln(bytes) / d ln(step_scale), refined by every pair of trials (measured about -0.4
-to -0.7 on loot, tile and biker at medium)."""
+"""Initial d ln(bytes) / d ln(step_scale), refined by every pair of trials (measured about -0.2
+to -0.7 on tile and biker at medium) within SLOPES."""
+SLOPES = (-2.0, -0.1)
 FEEDBACK = 0.25
 """Fraction of the accumulated surplus (bytes sent minus the budget so far) taken off the next
 GOP's budget, at most CORRECTION of that budget: the long-run rate converges to the target."""
 CORRECTION = 0.04
 RESTART = 0.05
 """The probe GOP restarts at its second frame when its predicted size misses the budget by more."""
+DITHER = 0.5
+"""Surplus (bytes sent minus the budget so far), in frames' budgets, at which intra content
+switches to the step_scale on the other side of the target (``RateController._dither``)."""
 
 
 @dataclass
@@ -56,16 +60,16 @@ class RateStats:
     - ``sizes``: wire bytes of every frame sent, in order (``wire_size`` of each).
     - ``scales``: step_scale of each frame's GOP.
     - ``trials``: trial keyframe encodes run (each costs about one keyframe encode).
-    - ``clamped``: GOPs that wanted a step_scale beyond SCALE_MIN / SCALE_MAX (predicted bytes
-      more than 10 % off the budget at the bound): the target is outside what the codec reaches
-      with this preset, and the GOP is sent at the bound's rate. The first frame's probe
-      keyframe is not counted.
+    - ``missed``: GOPs whose nearest trial predicted bytes more than 10 % off the budget: the
+      target is outside what the codec reaches with this preset between SCALE_MIN and
+      SCALE_MAX (or, on tracked content, inside a jump of its bytes), and the GOP is sent at the
+      nearest rate found. The first frame's probe keyframe is not counted.
     """
 
     sizes: list[int]
     scales: list[float]
     trials: int = 0
-    clamped: int = 0
+    missed: int = 0
 
 
 class RateController:
@@ -89,6 +93,8 @@ class RateController:
         self.stats = RateStats([], [])
         self._gop_pos = 0  # frames since the last keyframe (the encoder's rule: a keyframe at gop)
         self._prev: GaussianFrame | None = None  # the previous input frame
+        self._last = ""  # its frame type
+        self._alt: float | None = None  # a step_scale on the other side of the target (_keyframe)
         self._slope = SLOPE
 
     def encode(self, frame: GaussianFrame) -> EncodedFrame:
@@ -97,22 +103,47 @@ class RateController:
         if index == 0 or self._gop_pos >= self.config.gop:
             enc, size = self._keyframe(frame, index)
         else:
-            saved = copy.deepcopy(self.encoder) if index == 1 else None
+            # a copy to come back to: at frame 1 (the probe), and after an intra frame (the next
+            # one is likely intra too, and a keyframe in its place costs about the same)
+            saved = copy.deepcopy(self.encoder) if index == 1 or self._last == "intra" else None
             enc = self.encoder.encode(frame)
             size = self.wire_size(enc)
-            if saved is not None and enc.frame_type != "keyframe":  # frame 1: end the probe GOP if it is off
+            if saved is not None and index == 1 and enc.frame_type != "keyframe":  # end the probe GOP if off
                 predicted = self.stats.sizes[0] + size * (self.config.gop - 1)
                 if abs(predicted / (self.frame_budget * self.config.gop) - 1) > RESTART:
                     self.encoder = saved
                     enc, size = self._keyframe(frame, index)
+            elif saved is not None and enc.frame_type == "intra" and self._alt is not None:
+                enc, size = self._dither(frame, index, saved, enc, size, self._alt)
         if enc.frame_type == "keyframe":
             self._gop_pos = 1
         else:
             self._gop_pos += 1
+        self._last = enc.frame_type
         self.stats.sizes.append(size)
         self.stats.scales.append(self.encoder.config.step_scale)
         self._prev = frame  # (a reference: frames are not modified)
         return enc
+
+    def _dither(self, frame: GaussianFrame, index: int, saved: FrameEncoder, enc: EncodedFrame, size: int,
+                alt: float) -> tuple[EncodedFrame, int]:
+        """Untracked content (intra frames), where the bytes jump between two neighbouring
+        step_scales (a group switching between a codebook and scalar values, or uint8 and uint16
+        values): when the surplus so far passes DITHER frames' budget in the direction this
+        scale pushes it, send this frame as a keyframe at ``alt``, the scale found on the other
+        side of the target, instead (from ``saved``, the encoder before this frame), if it is on the
+        other side. The windows then average the two."""
+        b = self.frame_budget
+        surplus = sum(self.stats.sizes) + size - b * (index + 1)
+        if not (surplus > DITHER * b and size > b or surplus < -DITHER * b and size < b):
+            return enc, size
+        current, self.encoder = self.encoder, saved
+        trial, other, other_size, _ = self._trial(frame, alt, predict=False)
+        if (other_size > b) == (size > b):
+            self.encoder = current
+            return enc, size
+        self._alt, self.encoder = current.config.step_scale, trial
+        return other, other_size
 
     def _budget(self, index: int) -> float:
         """Bytes for the GOP starting at frame ``index``: gop frames' worth, less a share of the
@@ -121,19 +152,20 @@ class RateController:
         surplus = sum(self.stats.sizes) - self.frame_budget * index
         return gop_budget - float(np.clip(FEEDBACK * surplus, -CORRECTION * gop_budget, CORRECTION * gop_budget))
 
-    def _trial(self, frame: GaussianFrame, scale: float) -> tuple[FrameEncoder, EncodedFrame, int, float]:
+    def _trial(self, frame: GaussianFrame, scale: float, predict: bool = True
+               ) -> tuple[FrameEncoder, EncodedFrame, int, float]:
         """``frame`` as a keyframe on a copy of the encoder at ``scale``: (the copy, the frame,
         its wire bytes, predicted wire bytes of each other frame of the GOP). The prediction is
         the previous input frame encoded next on a second copy (the same motion backwards:
         an interframe or intra frame like the GOP's next ones); with no previous frame (the
-        sequence's first), the keyframe's bytes."""
+        sequence's first) or unless ``predict``, the keyframe's bytes."""
         trial = copy.deepcopy(self.encoder)
         trial.config = replace(self.config, step_scale=scale, gop=1)  # gop=1: a keyframe now
         enc = trial.encode(frame)
         trial.config = replace(self.config, step_scale=scale)
         size = self.wire_size(enc)
         other = float(size)
-        if self._prev is not None:
+        if self._prev is not None and predict:
             other = float(self.wire_size(copy.deepcopy(trial).encode(self._prev)))
         self.stats.trials += 1
         return trial, enc, size, other
@@ -149,10 +181,9 @@ class RateController:
         for _ in range(MAX_TRIALS):
             trial, enc, size, other = self._trial(frame, _clamp(math.exp(x)))
             y = math.log(size + (self.config.gop - 1) * other)
-            if tried:  # secant slope from the previous trial, when it makes sense
-                px, py = tried[-1][1], tried[-1][0]
-                if abs(x - px) > 1e-6 and (y - py) / (x - px) < -0.05:
-                    self._slope = (y - py) / (x - px)
+            if tried and abs(x - tried[-1][1]) > 1e-6:  # secant slope from the previous trial, bounded:
+                # the bytes are flat over some ranges and jump at others (docs/CODEC.md)
+                self._slope = float(np.clip((y - tried[-1][0]) / (x - tried[-1][1]), *SLOPES))
             tried.append((y, x, trial, enc, size, other))
             if abs(y - target) <= TOLERANCE:
                 break
@@ -166,10 +197,14 @@ class RateController:
                     break  # at a bound of step_scale: the target is out of reach
                 nxt = (lo + hi) / 2
             x = nxt
-        y, x, self.encoder, enc, size, _ = min(tried, key=lambda t: abs(t[0] - target))
-        at_bound = x <= math.log(SCALE_MIN) + 1e-6 or x >= math.log(SCALE_MAX) - 1e-6
-        if abs(y - target) > 0.1 and at_bound and self._prev is not None:  # (not the first frame's probe)
-            self.stats.clamped += 1
+        miss = min(abs(t[0] - target) for t in tried)
+        # the nearest, and of trials as near (within 1 %: flat stretches of bytes), the finest
+        y, x, self.encoder, enc, size, _ = min((t for t in tried if abs(t[0] - target) <= miss + 0.01),
+                                               key=lambda t: t[1])
+        across = [t for t in tried if (t[0] > target) != (y > target)]
+        self._alt = _clamp(math.exp(min(across, key=lambda t: abs(t[0] - target))[1])) if across else None
+        if miss > 0.1 and self._prev is not None:  # (not the first frame's probe)
+            self.stats.missed += 1
         return enc, size
 
 
