@@ -67,7 +67,7 @@ def run(directory: Path, target: float, psnr_every: int, views: int, size: int, 
         t0 = time.perf_counter()
         enc = rc.encode(frame)
         t_enc += time.perf_counter() - t0
-        types.append(enc.frame_type[0].upper())
+        types.append({"keyframe": "K", "intra": "I", "interframe": "P"}[enc.frame_type])
         if psnr_every and index % psnr_every == 0:
             psnrs.append((index, view_quality(frame, enc.reconstruction, views, size)["psnr"]))
     sizes = rc.stats.sizes
@@ -136,7 +136,8 @@ def main() -> None:
             for target in map(float, a.targets.split(",")):
                 r = run(directory, target, a.psnr_every, a.psnr_views, a.psnr_size)
                 results.setdefault(name, []).append(r)
-                print(f"  target {target:g}: types {r['types']}\n  {line(name, r)}", flush=True)
+                print(f"  target {target:g}: types {r['types']} (K key, I intra, P inter)\n  {line(name, r)}",
+                      flush=True)
     print("\n| seq | target Mbit/s | mean Mbit/s | 1 s windows min .. max | vs target % | buffer s | step_scale "
           "| missed GOPs | PSNR dB mean (min) | trials | encode s/frame |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -13,8 +13,14 @@ the bytes of the *previous* input frame encoded right after that keyframe (the s
 the same intra content, as the GOP's next frames will bring). The sequence's first keyframe has
 no previous frame: it is a probe sized as if every frame cost as much as it; when frame 1 shows
 that the GOP would miss its budget by more than RESTART, the GOP restarts at frame 1 with a
-keyframe sized by the full prediction. Within a GOP nothing can be changed: what the content
-does there (faster motion, more Gaussians) shows in the windows (docs/CODEC.md measures it).
+keyframe sized by the full prediction. On untracked content (intra frames, which cost about
+what a keyframe costs) the controller may also start a GOP early: where the bytes jump between
+two neighbouring scales, it alternates between the scales on either side of the target
+(``RateController._dither``). Within a GOP of interframes nothing can be changed: what tracked
+content does there (faster motion) shows in the windows (docs/CODEC.md, "Rate control").
+
+Cost: each GOP runs up to MAX_TRIALS trials of two encodes (the keyframe and the predicted next
+frame) and deep copies of the encoder, i.e. up to about ten keyframe encodes per GOP.
 """
 
 from __future__ import annotations
@@ -50,7 +56,10 @@ RESTART = 0.05
 """The probe GOP restarts at its second frame when its predicted size misses the budget by more."""
 DITHER = 0.5
 """Surplus (bytes sent minus the budget so far), in frames' budgets, at which intra content
-switches to the step_scale on the other side of the target (``RateController._dither``)."""
+switches to a step_scale beyond the jump in bytes (``RateController._dither``)."""
+JUMP_MARGIN = 1.05
+"""How far beyond the scales found on either side of a jump the dithering goes (the jump moves
+a little from frame to frame)."""
 
 
 @dataclass
@@ -94,7 +103,7 @@ class RateController:
         self._gop_pos = 0  # frames since the last keyframe (the encoder's rule: a keyframe at gop)
         self._prev: GaussianFrame | None = None  # the previous input frame
         self._last = ""  # its frame type
-        self._alt: float | None = None  # a step_scale on the other side of the target (_keyframe)
+        self._sides: tuple[float, float] | None = None  # step_scales over / under the budget (_keyframe)
         self._slope = SLOPE
 
     def encode(self, frame: GaussianFrame) -> EncodedFrame:
@@ -113,8 +122,8 @@ class RateController:
                 if abs(predicted / (self.frame_budget * self.config.gop) - 1) > RESTART:
                     self.encoder = saved
                     enc, size = self._keyframe(frame, index)
-            elif saved is not None and enc.frame_type == "intra" and self._alt is not None:
-                enc, size = self._dither(frame, index, saved, enc, size, self._alt)
+            elif saved is not None and enc.frame_type == "intra" and self._sides is not None:
+                enc, size = self._dither(frame, index, saved, enc, size, self._sides)
         if enc.frame_type == "keyframe":
             self._gop_pos = 1
         else:
@@ -126,23 +135,26 @@ class RateController:
         return enc
 
     def _dither(self, frame: GaussianFrame, index: int, saved: FrameEncoder, enc: EncodedFrame, size: int,
-                alt: float) -> tuple[EncodedFrame, int]:
+                sides: tuple[float, float]) -> tuple[EncodedFrame, int]:
         """Untracked content (intra frames), where the bytes jump between two neighbouring
         step_scales (a group switching between a codebook and scalar values, or uint8 and uint16
-        values): when the surplus so far passes DITHER frames' budget in the direction this
-        scale pushes it, send this frame as a keyframe at ``alt``, the scale found on the other
-        side of the target, instead (from ``saved``, the encoder before this frame), if it is on the
-        other side. The windows then average the two."""
-        b = self.frame_budget
+        values, at a scale that moves a little from frame to frame): when the surplus so far
+        passes DITHER frames' budget in the direction this frame pushes it, send this frame as
+        a keyframe (from ``saved``, the encoder before it) on the other side of the jump: at
+        the last search's nearest scale over the budget / JUMP_MARGIN when more bytes are
+        wanted, at its nearest scale under the budget x JUMP_MARGIN when fewer (``sides``);
+        kept if it moves the size the right way. The windows then average the two sides."""
+        b, current = self.frame_budget, self.encoder
         surplus = sum(self.stats.sizes) + size - b * (index + 1)
         if not (surplus > DITHER * b and size > b or surplus < -DITHER * b and size < b):
             return enc, size
-        current, self.encoder = self.encoder, saved
-        trial, other, other_size, _ = self._trial(frame, alt, predict=False)
-        if (other_size > b) == (size > b):
+        self.encoder = saved
+        scale = _clamp(sides[1] * JUMP_MARGIN if size > b else sides[0] / JUMP_MARGIN)
+        trial, other, other_size, _ = self._trial(frame, scale, predict=False)
+        if (other_size < size) != (size > b):
             self.encoder = current
             return enc, size
-        self._alt, self.encoder = current.config.step_scale, trial
+        self.encoder = trial
         return other, other_size
 
     def _budget(self, index: int) -> float:
@@ -201,8 +213,9 @@ class RateController:
         # the nearest, and of trials as near (within 1 %: flat stretches of bytes), the finest
         y, x, self.encoder, enc, size, _ = min((t for t in tried if abs(t[0] - target) <= miss + 0.01),
                                                key=lambda t: t[1])
-        across = [t for t in tried if (t[0] > target) != (y > target)]
-        self._alt = _clamp(math.exp(min(across, key=lambda t: abs(t[0] - target))[1])) if across else None
+        more = [t[1] for t in tried if t[0] > target]  # ln(scale) of trials over the budget
+        less = [t[1] for t in tried if t[0] <= target]
+        self._sides = (math.exp(max(more)), math.exp(min(less))) if more and less else None
         if miss > 0.1 and self._prev is not None:  # (not the first frame's probe)
             self.stats.missed += 1
         return enc, size
