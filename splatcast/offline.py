@@ -89,7 +89,7 @@ def encode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, PlyError, read_ply
-    from splatcast.codec.rate import buffer_seconds, make_encoder, window_mbps
+    from splatcast.codec.rate import RateController, buffer_seconds, make_encoder, window_mbps
     from splatcast.protocol import EndOfStream, FrameMessage, StreamHeader, encode_message
 
     files = ply_frames(args.input_dir)
@@ -136,7 +136,8 @@ def encode(args: argparse.Namespace) -> int:
                 gaussians += enc.num_gaussians
                 rows.append({"index": index, "file": str(path), "frame_type": enc.frame_type,
                              "num_gaussians": enc.num_gaussians, "bytes": len(data), "encode_ms": round(ms, 3),
-                             "step_scale": encoder.config.step_scale})
+                             "step_scale": encoder.step_scale if isinstance(encoder, RateController)
+                             else config.step_scale})
                 if not args.json:
                     bar.write(f"frame {index:5d}  {enc.frame_type:<10} {len(data):>10,} B "
                               f"{len(data) / max(enc.num_gaussians, 1):7.3f} B/G  {ms:8.1f} ms", file=sys.stdout)

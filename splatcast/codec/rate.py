@@ -106,6 +106,11 @@ class RateController:
         self._sides: tuple[float, float] | None = None  # step_scales over / under the budget (_keyframe)
         self._slope = SLOPE
 
+    @property
+    def step_scale(self) -> float:
+        """The step_scale of the current GOP (of the last frame encoded)."""
+        return self.encoder.config.step_scale
+
     def encode(self, frame: GaussianFrame) -> EncodedFrame:
         """Encode the next frame; a keyframe's step_scale is chosen for the GOP's budget."""
         index = len(self.stats.sizes)
@@ -130,7 +135,7 @@ class RateController:
             self._gop_pos += 1
         self._last = enc.frame_type
         self.stats.sizes.append(size)
-        self.stats.scales.append(self.encoder.config.step_scale)
+        self.stats.scales.append(self.step_scale)
         self._prev = frame  # (a reference: frames are not modified)
         return enc
 
