@@ -48,6 +48,7 @@ SLOPE = -0.5
 """Initial d ln(bytes) / d ln(step_scale), refined by every pair of trials (measured about -0.2
 to -0.7 on tile and biker at medium) within SLOPES."""
 SLOPES = (-2.0, -0.1)
+"""Bounds of that slope: the bytes are flat over some ranges and jump at others."""
 FEEDBACK = 0.25
 """Fraction of the accumulated surplus (bytes sent minus the budget so far) taken off the next
 GOP's budget, at most CORRECTION of that budget: the long-run rate converges to the target."""
@@ -68,7 +69,8 @@ class RateStats:
 
     - ``sizes``: wire bytes of every frame sent, in order (``wire_size`` of each).
     - ``scales``: step_scale of each frame's GOP.
-    - ``trials``: trial keyframe encodes run (each costs about one keyframe encode).
+    - ``trials``: trials run (each a keyframe encode and, but for the first frame's probe and
+      the dithering, the encode of one more frame).
     - ``missed``: GOPs whose nearest trial predicted bytes more than 10 % off the budget: the
       target is outside what the codec reaches with this preset between SCALE_MIN and
       SCALE_MAX (or, on tracked content, inside a jump of its bytes), and the GOP is sent at the
@@ -100,6 +102,7 @@ class RateController:
         self.frame_budget = config.target_mbps * 1e6 / 8 / self.fps  # bytes per frame
         self.encoder = FrameEncoder(replace(config, step_scale=_clamp(config.step_scale)))
         self.stats = RateStats([], [])
+        self._sent = 0  # bytes of the frames sent
         self._gop_pos = 0  # frames since the last keyframe (the encoder's rule: a keyframe at gop)
         self._prev: GaussianFrame | None = None  # the previous input frame
         self._last = ""  # its frame type
@@ -136,6 +139,7 @@ class RateController:
         self._last = enc.frame_type
         self.stats.sizes.append(size)
         self.stats.scales.append(self.step_scale)
+        self._sent += size
         self._prev = frame  # (a reference: frames are not modified)
         return enc
 
@@ -150,7 +154,7 @@ class RateController:
         wanted, at its nearest scale under the budget x JUMP_MARGIN when fewer (``sides``);
         kept if it moves the size the right way. The windows then average the two sides."""
         b, current = self.frame_budget, self.encoder
-        surplus = sum(self.stats.sizes) + size - b * (index + 1)
+        surplus = self._sent + size - b * (index + 1)
         if not (surplus > DITHER * b and size > b or surplus < -DITHER * b and size < b):
             return enc, size
         self.encoder = saved
@@ -166,7 +170,7 @@ class RateController:
         """Bytes for the GOP starting at frame ``index``: gop frames' worth, less a share of the
         surplus so far (bounded)."""
         gop_budget = self.frame_budget * self.config.gop
-        surplus = sum(self.stats.sizes) - self.frame_budget * index
+        surplus = self._sent - self.frame_budget * index
         return gop_budget - float(np.clip(FEEDBACK * surplus, -CORRECTION * gop_budget, CORRECTION * gop_budget))
 
     def _trial(self, frame: GaussianFrame, scale: float, predict: bool = True
@@ -194,12 +198,12 @@ class RateController:
         target = math.log(self._budget(index))
         x = math.log(self.encoder.config.step_scale)
         lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
-        tried: list[tuple[float, float, FrameEncoder, EncodedFrame, int, float]] = []  # |miss|, x, ...
+        # (ln predicted GOP bytes, ln step_scale, encoder copy, keyframe, its bytes, other frames' bytes)
+        tried: list[tuple[float, float, FrameEncoder, EncodedFrame, int, float]] = []
         for _ in range(MAX_TRIALS):
             trial, enc, size, other = self._trial(frame, _clamp(math.exp(x)))
             y = math.log(size + (self.config.gop - 1) * other)
-            if tried and abs(x - tried[-1][1]) > 1e-6:  # secant slope from the previous trial, bounded:
-                # the bytes are flat over some ranges and jump at others (docs/CODEC.md)
+            if tried and abs(x - tried[-1][1]) > 1e-6:  # secant slope from the previous trial, bounded
                 self._slope = float(np.clip((y - tried[-1][0]) / (x - tried[-1][1]), *SLOPES))
             tried.append((y, x, trial, enc, size, other))
             if abs(y - target) <= TOLERANCE:
