@@ -62,12 +62,13 @@ PEERS = {  # issue 2's table: gsvvcompressor key / inter, splats4d key / inter (
 }
 
 
-def generate(name: str, workdir: Path) -> Path:
+def generate(name: str, workdir: Path, sequences: dict = SEQUENCES) -> Path:
+    """WORKDIR/NAME holding sequence NAME of ``sequences`` (made by its tool unless already there)."""
     if name in TILED:
-        return generate(SEQUENCES[name][0], workdir)
+        return generate(SEQUENCES[name][0], workdir, sequences)
     out = workdir / name
     if not (out.is_dir() and any(out.glob("*.ply"))):
-        tool, args, _ = SEQUENCES[name]
+        tool, args, _ = sequences[name]
         args = [str(out) if a == OUT else str(SHARED / a) if a.startswith("data/") else a for a in args]
         subprocess.run([sys.executable, str(SHARED / "tools" / tool), *args], check=True,
                        stdout=subprocess.DEVNULL)

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--alpha", type=float,
                    help="position step = ALPHA x the 5%% quantile of nearest-neighbour distances")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="k-means device")
+    p.add_argument("--target-mbps", type=float,
+                   help="hold this bitrate (megabits per second at --fps) by turning the quantisation steps "
+                        "at each keyframe (docs/CODEC.md, Rate control); default: constant quality")
     p.add_argument("--zstd-level", type=int, default=3, help="zstd level of the messages, 1..22 (default 3)")
     p.add_argument("--fps", type=float, default=30.0, help="frames per second in the header (default 30)")
     p.add_argument("--json", action="store_true",
@@ -85,24 +88,31 @@ def _stream_error(path: Path, last, error: Exception) -> CommandError:
 def encode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, FrameEncoder, PlyError, read_ply
+    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecConfig, CodecError, PlyError, read_ply
+    from splatcast.codec.rate import RateController, buffer_seconds, make_encoder, window_mbps
     from splatcast.protocol import EndOfStream, FrameMessage, StreamHeader, encode_message
 
     files = ply_frames(args.input_dir)
     if not 1 <= args.zstd_level <= 22:
         raise UsageError(f"--zstd-level must be in 1..22, got {args.zstd_level}")
     settings = {"gop": args.gop, "quality": args.quality, "codebook_size": args.codebook_size, "alpha": args.alpha,
-                "device": args.device}
+                "target_mbps": args.target_mbps, "device": args.device}
+    index = 0
+
+    def message(enc) -> bytes:  # frame ``index``'s message (the rate controller sizes its trials with it)
+        return encode_message(FrameMessage(index, index / args.fps, enc.frame_type, enc.num_gaussians, enc.payload),
+                              args.zstd_level)
+
     try:
         config = CodecConfig(**{k: v for k, v in settings.items() if v is not None})
+        encoder = make_encoder(config, args.fps, lambda enc: len(message(enc)))
     except ValueError as e:
         raise UsageError(str(e)) from None
     args.output.parent.mkdir(parents=True, exist_ok=True)
     partial = args.output.with_name(args.output.name + ".part")  # renamed when complete
     ply_bytes = out_bytes = gaussians = 0
-    rows = []
+    rows, sizes = [], []  # sizes: each frame message's bytes
     try:
-        encoder = FrameEncoder(config)
         with open(partial, "wb") as out, tqdm(files, unit="frame", file=sys.stderr, disable=args.json) as bar:
             for index, path in enumerate(bar):
                 try:
@@ -118,14 +128,16 @@ def encode(args: argparse.Namespace) -> int:
                     enc = encoder.encode(frame)
                 except CodecError as e:  # e.g. an SH degree other than frame 0's
                     raise CommandError(str(e), path) from e
-                data = encode_message(FrameMessage(index, index / args.fps, enc.frame_type,
-                                                   enc.num_gaussians, enc.payload), args.zstd_level)
+                data = message(enc)
                 ms = (time.perf_counter() - t0) * 1e3
                 out_bytes += out.write(data)
+                sizes.append(len(data))
                 ply_bytes += path.stat().st_size
                 gaussians += enc.num_gaussians
                 rows.append({"index": index, "file": str(path), "frame_type": enc.frame_type,
-                             "num_gaussians": enc.num_gaussians, "bytes": len(data), "encode_ms": round(ms, 3)})
+                             "num_gaussians": enc.num_gaussians, "bytes": len(data), "encode_ms": round(ms, 3),
+                             "step_scale": encoder.step_scale if isinstance(encoder, RateController)
+                             else config.step_scale})
                 if not args.json:
                     bar.write(f"frame {index:5d}  {enc.frame_type:<10} {len(data):>10,} B "
                               f"{len(data) / max(enc.num_gaussians, 1):7.3f} B/G  {ms:8.1f} ms", file=sys.stdout)
@@ -134,15 +146,31 @@ def encode(args: argparse.Namespace) -> int:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    windows = window_mbps(sizes, args.fps)
+    bitrate = {"mbps": sum(sizes) * 8 * args.fps / len(sizes) / 1e6, "target_mbps": config.target_mbps,
+               "window_mbps_min": float(windows.min()) if len(windows) else None,
+               "window_mbps_max": float(windows.max()) if len(windows) else None,
+               "buffer_s": buffer_seconds(sizes, args.fps, config.target_mbps) if config.target_mbps else None}
     if args.json:
         summary = {"frames": len(files), "gaussians": gaussians, "ply_bytes": ply_bytes, "stream_bytes": out_bytes,
-                   "ratio": ply_bytes / out_bytes, "bytes_per_gaussian": out_bytes / max(gaussians, 1)}
+                   "ratio": ply_bytes / out_bytes, "bytes_per_gaussian": out_bytes / max(gaussians, 1), **bitrate}
         print(json.dumps({"output": str(args.output), "codec_params": config.to_dict(), "frames": rows,
                           "summary": summary}, indent=1))
     else:
         print(f"{len(files)} frames, {gaussians:,} Gaussians: {ply_bytes:,} B of PLY -> {out_bytes:,} B "
               f"({ply_bytes / out_bytes:.1f}x smaller, {out_bytes / max(gaussians, 1):.3f} B/G) in {args.output}")
+        print(_bitrate_line(bitrate))
     return 0
+
+
+def _bitrate_line(b: dict) -> str:
+    """One line: mean bitrate of the frames, min/max over the 1 s windows, and against the target."""
+    line = f"bitrate {b['mbps']:.3f} Mbit/s"
+    if b["window_mbps_min"] is not None:
+        line += f", 1 s windows {b['window_mbps_min']:.3f}..{b['window_mbps_max']:.3f}"
+    if b["target_mbps"] is not None:
+        line += f" (target {b['target_mbps']:g}, leaky bucket at the target needs {b['buffer_s']:.3f} s)"
+    return line
 
 
 def decoded_stream(path: Path) -> Iterator[tuple[StreamHeader, FrameMessage, int, GaussianFrame]]:

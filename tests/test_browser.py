@@ -85,7 +85,10 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
     plys = [p.read_bytes() for p in ply_files(loot_dir)[:FRAMES]]
     with BackgroundServer(Settings(data_dir=tmp_path / "data")) as server, \
             httpx.Client(base_url=server.url, timeout=60) as http:
-        seq = http.post("/v1/sequences", json={"name": "loot live", "fps": 30, "encoding": encoding}).json()
+        # rate-controlled (20 Mbit/s; loot costs about 10 at the default steps): a stream whose
+        # steps change from GOP to GOP, and the probe keyframe then a keyframe again at frame 1
+        seq = http.post("/v1/sequences", json={"name": "loot live", "fps": 30, "encoding": encoding,
+                                               "codec": {"target_mbps": 20}}).json()
         if encoding == "producer":  # encoded here, before the page subscribes
             producer = FrameProducer(Sequence(**seq), device="cpu")
             bodies = [(producer.encode(i, ply)[0], MEDIA_TYPE) for i, ply in enumerate(plys)]
@@ -110,7 +113,8 @@ def test_viewer_decodes_every_frame_of_a_live_upload(sync_playwright, loot_dir, 
                              headers={"Content-Type": media_type})
                 assert r.status_code == 201, r.text
                 counts.append(r.json()["num_gaussians"])
-            assert http.post(f"/v1/sequences/{seq['id']}/finish").status_code == 200
+            finished = http.post(f"/v1/sequences/{seq['id']}/finish").json()
+            assert finished["codec"]["target_mbps"] == 20 and finished["bitrate_mbps"] > 0
 
             wait_for(page, f"window.splatcastViewer.framesDecoded >= {FRAMES}", 60_000, console)
             wait_for(page, "window.splatcastViewer.status === 'ended'", 20_000, console)

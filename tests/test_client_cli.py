@@ -56,6 +56,27 @@ def test_upload_resume_and_watch_with_ply_output(server, frames_dir, tmp_path, c
     assert capsys.readouterr().err.startswith("splatcast watch: error: HTTP 404: ")
 
 
+def test_rate_controlled_upload_frame_index_and_watch(server, frames_dir, capsys):
+    """--target-mbps reaches the server's codec settings; the index reports the achieved bitrate
+    (1 s windows of round(fps) = 2 frames at 2 fps); watch plays the rate-controlled stream."""
+    args = ["upload", str(frames_dir), "--server", server.url, "--id", "torus-rate", "--fps", "2", "--gop", "2",
+            "--target-mbps", "0.2"]
+    assert main(args) == 0
+    assert "Mbit/s" in capsys.readouterr().out.splitlines()[-1]
+    with SyncSplatcastClient(server.url) as client:
+        seq, frames = client.get("torus-rate"), client.frames("torus-rate")
+    assert seq.codec["target_mbps"] == 0.2 and len(frames) == 4
+    sizes = [f.bytes for f in frames]
+    assert seq.bitrate_mbps == pytest.approx(sum(sizes) * 8 * 2 / 4 / 1e6, rel=1e-5)
+    assert frames[0].window_mbps is None
+    for i in (1, 2, 3):
+        assert frames[i].window_mbps == pytest.approx((sizes[i - 1] + sizes[i]) * 8 / 1e6, rel=1e-5)
+    assert main(["watch", "torus-rate", "--server", server.url, "--from", "start"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("4 frames decoded, 0 skipped")
+    assert main(["upload", str(frames_dir), "--server", server.url, "--target-mbps", "0"]) == 1
+    assert "target_mbps must be None or a number in 0.01..100000" in capsys.readouterr().err
+
+
 def test_sync_client(server, frames_dir):
     plys = [p.read_bytes() for p in ply_files(frames_dir)]
     with SyncSplatcastClient(server.url) as client:

@@ -49,7 +49,8 @@ def test_encode_prints_frames_and_summary(encoded):
     frame_lines = [line for line in lines if line.startswith("frame ")]
     assert len(frame_lines) == 5 and "keyframe" in frame_lines[0] and "B/G" in frame_lines[0]
     ply_bytes = sum(p.stat().st_size for p in src)
-    assert f"{ply_bytes:,} B of PLY -> {out.stat().st_size:,} B" in lines[-1]
+    assert f"{ply_bytes:,} B of PLY -> {out.stat().st_size:,} B" in lines[-2]
+    assert lines[-1].startswith("bitrate ") and "Mbit/s" in lines[-1]  # 5 frames: no 1 s window yet
     assert ply_bytes / out.stat().st_size > 10  # the codec compresses real frames by far more
     assert not out.with_name(out.name + ".part").exists()
 
@@ -162,3 +163,23 @@ def test_json_output_of_encode_and_info(encoded, tmp_path):
         [(r["index"], r["frame_type"], r["num_gaussians"], r["bytes"]) for r in enc["frames"]]
     assert info["end"]["frame_count"] == 5 and info["summary"]["bytes"] == out.stat().st_size
     assert info["summary"]["gaussians"] == sum(r["num_gaussians"] for r in enc["frames"])
+
+
+def test_encode_at_a_target_bitrate_reports_what_it_achieved(encoded, tmp_path):
+    """--target-mbps: rate-controlled frames (the step_scale of each), the achieved bitrate, its
+    1 s windows (5 frames at 5 fps: one window) and the buffer, in the JSON summary."""
+    _, _, _, frames_dir = encoded
+    out = tmp_path / "r.splatcast"
+    rc, stdout, stderr = run("encode", frames_dir, "-o", out, "--fps", "5", "--gop", "5", "--target-mbps", "4",
+                             "--device", "cpu", "--json")
+    assert rc == 0, stderr
+    enc = json.loads(stdout)
+    sizes = [r["bytes"] for r in enc["frames"]]
+    summary = enc["summary"]
+    assert enc["codec_params"]["target_mbps"] == 4 and summary["target_mbps"] == 4
+    assert summary["mbps"] == pytest.approx(sum(sizes) * 8 * 5 / 5 / 1e6)
+    assert summary["window_mbps_min"] == summary["window_mbps_max"] == pytest.approx(sum(sizes) * 8 / 1e6)
+    assert 0.9 * 4 < summary["mbps"] < 1.1 * 4  # 100 kB per frame: within reach on loot
+    assert summary["buffer_s"] > 0 and enc["frames"][-1]["step_scale"] < 1  # finer than the preset
+    rc, _, stderr = run("encode", frames_dir, "-o", out, "--target-mbps", "nan")
+    assert rc == 2 and "target_mbps must be None or a number in 0.01..100000" in stderr

@@ -265,6 +265,8 @@ def test_auth_and_limits(tmp_path):
         assert by_query.status_code == 200
         assert await status_of(client.create("x", codec={"gop": 0})) == 422
         assert await status_of(client.create("x", codec={"nope": 1})) == 422
+        for bad in (0, -5, "fast", True, 1e9):
+            assert await status_of(client.create("x", codec={"target_mbps": bad})) == 422
         sid = (await client.create("limits", 30, {"gop": 2, "codebook_size": 16}, seq_id="lim-1")).id
         assert sid == "lim-1"
         assert await status_of(client.create("again", seq_id="lim-1")) == 409

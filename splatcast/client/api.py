@@ -38,11 +38,11 @@ from splatcast.codec import (
     CodecConfig,
     EncodedFrame,
     FrameDecoder,
-    FrameEncoder,
     GaussianFrame,
     ply_files,
     read_ply,
 )
+from splatcast.codec.rate import make_encoder
 from splatcast.protocol import (
     MEDIA_TYPE,
     EndOfStream,
@@ -147,6 +147,7 @@ class Sequence:
     subscribers: int  # live now
     codec: dict[str, Any]  # CodecConfig fields
     encoding: str = "server"  # "server" or "producer": who encodes the frames
+    bitrate_mbps: float | None = None  # mean over the frames stored; None before frame 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class FrameInfo:
     raw_bytes: int  # size of the uploaded body (PLY, or the producer's encoded messages)
     encode_ms: float  # server time: encoding the PLY, or checking a producer-encoded frame
     received_at: float  # Unix time
+    window_mbps: float | None = None  # bitrate of the 1 s window ending here (frame index only)
 
 
 @dataclass(frozen=True)
@@ -482,13 +484,17 @@ class FrameProducer:
 
     ``seq``: the producer-encoded sequence (its ``codec``, ``fps`` and ``name`` make the stream
     header the server checks); ``device``: the encoder's ("auto": CUDA when available, "cpu",
-    "cuda"). Holds one ``FrameEncoder``: frames must be encoded in index order, the first one
+    "cuda"). Holds one encoder (``make_encoder``: a ``RateController`` when the codec sets
+    ``target_mbps``): frames must be encoded in index order, the first one
     is a keyframe. ValueError for a bad ``device`` or codec settings.
     """
 
     def __init__(self, seq: Sequence, device: str = "auto") -> None:
         self.seq = seq
-        self.encoder = FrameEncoder(CodecConfig.from_dict({**seq.codec, "device": device}))
+        config = CodecConfig.from_dict({**seq.codec, "device": device})
+        self.encoder = make_encoder(config, seq.fps, lambda e: len(encode_message(
+            FrameMessage(index=0, pts=0.0, frame_type=e.frame_type, num_gaussians=e.num_gaussians,
+                         payload=e.payload))))
 
     def encode(self, index: int, frame: GaussianFrame | str | os.PathLike | bytes) -> tuple[bytes, EncodedFrame]:
         """The body of frame ``index``'s upload (frame 0: the stream header message, then the frame

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     up.add_argument("--gop", type=int, help="keyframe interval in frames (codec default otherwise)")
     up.add_argument("--quality", choices=QUALITY_NAMES,
                     help="codec quality preset, coarsest first (default: the codec's, medium)")
+    up.add_argument("--target-mbps", type=float,
+                    help="ask the server to hold this bitrate, megabits per second at --fps (rate control, "
+                         "docs/CODEC.md); default: constant quality")
     up.add_argument("--no-finish", action="store_true", help="leave the sequence open after the last frame")
     up.add_argument("--encode", action="store_true",
                     help="encode on this machine and upload encoded frames instead of PLY (the server checks each "
@@ -79,7 +82,8 @@ def upload(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with _client(args) as client:
-            codec = {k: v for k, v in (("gop", args.gop), ("quality", args.quality)) if v is not None}
+            codec = {k: v for k, v in (("gop", args.gop), ("quality", args.quality), ("target_mbps", args.target_mbps))
+                     if v is not None}
             try:
                 name = args.name or Path(args.input_dir).resolve().name
                 seq = await client.create(name, args.fps, codec, args.seq_id, "producer" if args.encode else "server")
@@ -108,7 +112,7 @@ def upload(args: argparse.Namespace) -> int:
                 await client.finish(seq.id)
             info = await client.get(seq.id)
             print(f"sequence {info.id} ({info.status}): {info.frames} frames, {info.keyframes} keyframes, "
-                  f"{info.stream_bytes:,} bytes, "
+                  f"{info.stream_bytes:,} bytes, {info.bitrate_mbps} Mbit/s, "
                   + (f"encoded here ({args.device}), {info.encode_ms_mean} ms server check per frame" if args.encode
                      else f"{info.ratio}x smaller than PLY, {info.encode_ms_mean} ms encode per frame"))
 

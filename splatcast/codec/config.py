@@ -84,6 +84,9 @@ class CodecConfig:
     - ``step_scale``: multiplies every step of the preset (the position ``alpha`` included;
       an explicit ``step`` is not scaled), 0.01..100, default 1; >1 coarser: fewer bytes,
       lower quality. A continuous knob between and beyond the presets (rate control turns it).
+    - ``target_mbps``: None (default: constant quality), or a bitrate in megabits per second,
+      0.01..100000, that ``splatcast.codec.rate.RateController`` holds by turning ``step_scale``
+      (then the starting value) at each keyframe; FrameEncoder alone does not read it.
     - ``seed``: k-means seed (same seed, same input, same device -> same bytes).
     - ``device``: "auto" (CUDA when available), "cpu" or "cuda" for k-means and assignment.
     """
@@ -95,6 +98,7 @@ class CodecConfig:
     step: float | None = None
     tolerance: int | None = None
     step_scale: float = 1.0
+    target_mbps: float | None = None
     seed: int = 0
     device: str = "auto"
 
@@ -117,6 +121,9 @@ class CodecConfig:
             bad(f"tolerance must be None or an int in 0..1000, got {self.tolerance!r}")
         if not _is_number(self.step_scale) or not 0.01 <= self.step_scale <= 100:
             bad(f"step_scale must be a number in 0.01..100, got {self.step_scale!r}")
+        if self.target_mbps is not None and (not _is_number(self.target_mbps)
+                                             or not 0.01 <= self.target_mbps <= 100000):
+            bad(f"target_mbps must be None or a number in 0.01..100000, got {self.target_mbps!r}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
             bad(f"seed must be a non-negative int, got {self.seed!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -25,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splatcast.codec import natural_key
+from splatcast.codec.rate import window_mbps
 from splatcast.protocol import MEDIA_TYPE
 from splatcast.server.errors import BadRequest, NotFound, NotHolder, RequestTimeout, ServerError, TooLarge, Unauthorized
 from splatcast.server.forward import FORWARDED
@@ -131,9 +132,14 @@ async def get_sequence(seq_id: str, seqs: Seqs) -> SequenceOut:
 
 
 def list_frames(seq_id: str, seqs: Seqs) -> list[FrameOut]:
-    """The per-frame index: type, Gaussians, encoded and raw sizes, encode time."""
-    seqs.get(seq_id)
-    return [FrameOut.of(r) for r in seqs.storage.frames(seq_id)]
+    """The per-frame index: type, Gaussians, encoded and raw sizes, encode time, and the bitrate
+    of the 1 s window ending at each frame."""
+    info = seqs.get(seq_id)
+    rows = seqs.storage.frames(seq_id)
+    windows = window_mbps([r.length for r in rows], info.fps)  # windows[i]: frames i .. i + k - 1
+    first = len(rows) - len(windows)  # = k - 1: the frame that ends windows[0]
+    return [FrameOut.of(r, float(windows[i - first]) if len(windows) and i >= first else None)
+            for i, r in enumerate(rows)]
 
 
 async def _forward(request: Request, error: NotHolder, body: bytes, path: str, method: str | None = None,

@@ -46,6 +46,8 @@ from splatcast.codec import (
     check_codec,
     read_ply,
 )
+from splatcast.codec.encoder import EncodedFrame
+from splatcast.codec.rate import RateController, make_encoder
 from splatcast.protocol import (
     MEDIA_TYPE,
     EndOfStream,
@@ -104,7 +106,7 @@ class Sequences:
         self.leases = leases
         self._locks: dict[str, asyncio.Lock] = {}
         self._header_reads: dict[tuple[str, int], asyncio.Future[bytes]] = {}
-        self._encoders: dict[str, FrameEncoder] = {}
+        self._encoders: dict[str, FrameEncoder | RateController] = {}
         self._decoders: dict[str, FrameDecoder] = {}  # producer-encoded sequences: the check's decoder
         self.limits = Limits(max_message_bytes=min(settings.max_upload_bytes, (1 << 32) - 1),
                              max_gaussians=settings.max_gaussians)  # of uploaded messages
@@ -283,7 +285,8 @@ class Sequences:
             raise TooLarge(f"{frame.num_gaussians} Gaussians over the limit of {self.settings.max_gaussians}")
         if info.sh_degree is not None and frame.sh_degree != info.sh_degree:
             raise Invalid(f"frame has SH degree {frame.sh_degree}, the sequence has {info.sh_degree}")
-        encoder = self._encoders.pop(info.id, None) or FrameEncoder(CodecConfig.from_dict(info.codec))
+        encoder = self._encoders.pop(info.id, None) or make_encoder(CodecConfig.from_dict(info.codec), info.fps,
+                                                                    _message_size)
         t0 = time.perf_counter()
         try:
             encoded = encoder.encode(frame)
@@ -435,6 +438,13 @@ def _check_header(header: StreamHeader, info: SequenceInfo) -> None:
     if header.fps != info.fps or header.name != info.name or header.frame_count is not None:
         raise Invalid(f"stream header: fps {header.fps!r}, name {header.name!r} and frame_count "
                       f"{header.frame_count!r} must be the sequence's ({info.fps!r}, {info.name!r}, None)")
+
+
+def _message_size(encoded: EncodedFrame) -> int:
+    """Bytes of ``encoded``'s frame message as frame 0 (another index and pts change the
+    compressed size by < 0.5 %), for the rate controller."""
+    return len(encode_message(FrameMessage(index=0, pts=0.0, frame_type=encoded.frame_type,
+                                           num_gaussians=encoded.num_gaussians, payload=encoded.payload)))
 
 
 def _sha256(body: bytes | bytearray) -> str:

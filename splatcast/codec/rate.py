@@ -1,0 +1,270 @@
+"""Rate control: a FrameEncoder wrapper that holds a target bitrate (docs/CODEC.md, "Rate control").
+
+Pure computation (sans-I/O): the caller supplies ``wire_size``, the size in bytes its transport
+gives an encoded frame (the protocol's msgpack + zstd message), so that the controller counts the
+bytes that are actually sent without this package importing the protocol.
+
+The knob is ``CodecConfig.step_scale`` (every quantisation step of the preset times one factor).
+The encoder fixes its quantisers at keyframes, so the controller decides once per GOP: at every
+keyframe it trial-encodes the frame on copies of the encoder at a few scales (a bracketed secant
+search on ln(GOP bytes) against ln(step_scale)) and keeps the copy whose predicted GOP bytes are
+nearest the GOP's budget. A trial's GOP prediction is its keyframe's bytes plus (gop - 1) times
+the bytes of the *previous* input frame encoded right after that keyframe (the same motion, or
+the same intra content, as the GOP's next frames will bring). The sequence's first keyframe has
+no previous frame: it is a probe sized as if every frame cost as much as it; when frame 1 shows
+that the GOP would miss its budget by more than RESTART, the GOP restarts at frame 1 with a
+keyframe sized by the full prediction. On untracked content (intra frames, which cost about
+what a keyframe costs) the controller may also start a GOP early: where the bytes jump between
+two neighbouring scales, it alternates between the scales on either side of the target
+(``RateController._dither``). Within a GOP of interframes nothing can be changed: what tracked
+content does there (faster motion) shows in the windows (docs/CODEC.md, "Rate control").
+
+Cost: each GOP runs up to MAX_TRIALS trials of two encodes (the keyframe and the predicted next
+frame) and deep copies of the encoder, i.e. up to about ten keyframe encodes per GOP.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from splatcast.codec.config import CodecConfig
+from splatcast.codec.encoder import EncodedFrame, FrameEncoder
+from splatcast.codec.frame import GaussianFrame
+
+SCALE_MIN, SCALE_MAX = 0.01, 100.0
+"""Bounds of ``step_scale`` the controller uses (CodecConfig's whole range)."""
+TOLERANCE = 0.02
+"""The search stops when a trial's predicted GOP bytes are within this fraction of the budget."""
+MAX_TRIALS = 5
+"""Trial keyframe encodes per GOP at most."""
+MAX_JUMP = math.log(8.0)
+"""Largest change of ln(step_scale) from one trial to the next (the bytes model is local)."""
+SLOPE = -0.5
+"""Initial d ln(bytes) / d ln(step_scale), refined by every pair of trials (measured about -0.2
+to -0.7 on tile and biker at medium) within SLOPES."""
+SLOPES = (-2.0, -0.1)
+"""Bounds of that slope: the bytes are flat over some ranges and jump at others."""
+FEEDBACK = 0.25
+"""Fraction of the accumulated surplus (bytes sent minus the budget so far) taken off the next
+GOP's budget, at most CORRECTION of that budget: the long-run rate converges to the target."""
+CORRECTION = 0.04
+RESTART = 0.05
+"""The probe GOP restarts at its second frame when its predicted size misses the budget by more."""
+DITHER = 0.5
+"""Surplus (bytes sent minus the budget so far), in frames' budgets, at which intra content
+switches to a step_scale beyond the jump in bytes (``RateController._dither``)."""
+JUMP_MARGIN = 1.05
+"""How far beyond the scales found on either side of a jump the dithering goes (the jump moves
+a little from frame to frame)."""
+
+
+@dataclass
+class RateStats:
+    """What the controller did so far.
+
+    - ``sizes``: wire bytes of every frame sent, in order (``wire_size`` of each).
+    - ``scales``: step_scale of each frame's GOP.
+    - ``trials``: trials run (each a keyframe encode and, but for the first frame's probe and
+      the dithering, the encode of one more frame).
+    - ``missed``: GOPs whose nearest trial predicted bytes more than 10 % off the budget: the
+      target is outside what the codec reaches with this preset between SCALE_MIN and
+      SCALE_MAX (or, on tracked content, inside a jump of its bytes), and the GOP is sent at the
+      nearest rate found. The first frame's probe keyframe is not counted.
+    """
+
+    sizes: list[int]
+    scales: list[float]
+    trials: int = 0
+    missed: int = 0
+
+
+class RateController:
+    """``encode(frame) -> EncodedFrame`` like FrameEncoder, at ``config.target_mbps`` megabits
+    per second for a sequence of ``fps`` frames per second.
+
+    ``wire_size(encoded)`` must return the bytes the frame will take on the wire (e.g. the
+    protocol's message size); it is called for every trial and every frame sent. Raises
+    ``ValueError`` when ``config.target_mbps`` is None or ``fps`` is not a positive finite number,
+    ``CodecError`` as FrameEncoder does. One controller per sequence, one thread at a time.
+    """
+
+    def __init__(self, config: CodecConfig, fps: float, wire_size: Callable[[EncodedFrame], int]) -> None:
+        if config.target_mbps is None:
+            raise ValueError("RateController needs CodecConfig.target_mbps")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf:
+            raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+        self.config, self.fps, self.wire_size = config, float(fps), wire_size
+        self.frame_budget = config.target_mbps * 1e6 / 8 / self.fps  # bytes per frame
+        self.encoder = FrameEncoder(replace(config, step_scale=_clamp(config.step_scale)))
+        self.stats = RateStats([], [])
+        self._sent = 0  # bytes of the frames sent
+        self._gop_pos = 0  # frames since the last keyframe (the encoder's rule: a keyframe at gop)
+        self._prev: GaussianFrame | None = None  # the previous input frame
+        self._last = ""  # its frame type
+        self._sides: tuple[float, float] | None = None  # step_scales over / under the budget (_keyframe)
+        self._slope = SLOPE
+
+    @property
+    def step_scale(self) -> float:
+        """The step_scale of the current GOP (of the last frame encoded)."""
+        return self.encoder.config.step_scale
+
+    def encode(self, frame: GaussianFrame) -> EncodedFrame:
+        """Encode the next frame; a keyframe's step_scale is chosen for the GOP's budget."""
+        index = len(self.stats.sizes)
+        if index == 0 or self._gop_pos >= self.config.gop:
+            enc, size = self._keyframe(frame, index)
+        else:
+            # a copy to come back to: at frame 1 (the probe), and after an intra frame (the next
+            # one is likely intra too, and a keyframe in its place costs about the same)
+            saved = copy.deepcopy(self.encoder) if index == 1 or self._last == "intra" else None
+            enc = self.encoder.encode(frame)
+            size = self.wire_size(enc)
+            if saved is not None and index == 1 and enc.frame_type != "keyframe":  # end the probe GOP if off
+                predicted = self.stats.sizes[0] + size * (self.config.gop - 1)
+                if abs(predicted / (self.frame_budget * self.config.gop) - 1) > RESTART:
+                    self.encoder = saved
+                    enc, size = self._keyframe(frame, index)
+            elif saved is not None and enc.frame_type == "intra" and self._sides is not None:
+                enc, size = self._dither(frame, index, saved, enc, size, self._sides)
+        if enc.frame_type == "keyframe":
+            self._gop_pos = 1
+        else:
+            self._gop_pos += 1
+        self._last = enc.frame_type
+        self.stats.sizes.append(size)
+        self.stats.scales.append(self.step_scale)
+        self._sent += size
+        self._prev = frame  # (a reference: frames are not modified)
+        return enc
+
+    def _dither(self, frame: GaussianFrame, index: int, saved: FrameEncoder, enc: EncodedFrame, size: int,
+                sides: tuple[float, float]) -> tuple[EncodedFrame, int]:
+        """Untracked content (intra frames), where the bytes jump between two neighbouring
+        step_scales (a group switching between a codebook and scalar values, or uint8 and uint16
+        values, at a scale that moves a little from frame to frame): when the surplus so far
+        passes DITHER frames' budget in the direction this frame pushes it, send this frame as
+        a keyframe (from ``saved``, the encoder before it) on the other side of the jump: at
+        the last search's nearest scale over the budget / JUMP_MARGIN when more bytes are
+        wanted, at its nearest scale under the budget x JUMP_MARGIN when fewer (``sides``);
+        kept if it moves the size the right way. The windows then average the two sides."""
+        b, current = self.frame_budget, self.encoder
+        surplus = self._sent + size - b * (index + 1)
+        if not (surplus > DITHER * b and size > b or surplus < -DITHER * b and size < b):
+            return enc, size
+        self.encoder = saved
+        scale = _clamp(sides[1] * JUMP_MARGIN if size > b else sides[0] / JUMP_MARGIN)
+        trial, other, other_size, _ = self._trial(frame, scale, predict=False)
+        if (other_size < size) != (size > b):
+            self.encoder = current
+            return enc, size
+        self.encoder = trial
+        return other, other_size
+
+    def _budget(self, index: int) -> float:
+        """Bytes for the GOP starting at frame ``index``: gop frames' worth, less a share of the
+        surplus so far (bounded)."""
+        gop_budget = self.frame_budget * self.config.gop
+        surplus = self._sent - self.frame_budget * index
+        return gop_budget - float(np.clip(FEEDBACK * surplus, -CORRECTION * gop_budget, CORRECTION * gop_budget))
+
+    def _trial(self, frame: GaussianFrame, scale: float, predict: bool = True
+               ) -> tuple[FrameEncoder, EncodedFrame, int, float]:
+        """``frame`` as a keyframe on a copy of the encoder at ``scale``: (the copy, the frame,
+        its wire bytes, predicted wire bytes of each other frame of the GOP). The prediction is
+        the previous input frame encoded next on a second copy (the same motion backwards:
+        an interframe or intra frame like the GOP's next ones); with no previous frame (the
+        sequence's first) or unless ``predict``, the keyframe's bytes."""
+        trial = copy.deepcopy(self.encoder)
+        trial.config = replace(self.config, step_scale=scale, gop=1)  # gop=1: a keyframe now
+        enc = trial.encode(frame)
+        trial.config = replace(self.config, step_scale=scale)
+        size = self.wire_size(enc)
+        other = float(size)
+        if self._prev is not None and predict:
+            other = float(self.wire_size(copy.deepcopy(trial).encode(self._prev)))
+        self.stats.trials += 1
+        return trial, enc, size, other
+
+    def _keyframe(self, frame: GaussianFrame, index: int) -> tuple[EncodedFrame, int]:
+        """Trial-encode ``frame`` as a keyframe at a few scales (secant search on ln GOP bytes
+        against ln step_scale, bracketed); keep the encoder copy whose predicted GOP bytes are
+        nearest the budget (in ratio)."""
+        target = math.log(self._budget(index))
+        x = math.log(self.encoder.config.step_scale)
+        lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
+        # (ln predicted GOP bytes, ln step_scale, encoder copy, keyframe, its bytes, other frames' bytes)
+        tried: list[tuple[float, float, FrameEncoder, EncodedFrame, int, float]] = []
+        for _ in range(MAX_TRIALS):
+            trial, enc, size, other = self._trial(frame, _clamp(math.exp(x)))
+            y = math.log(size + (self.config.gop - 1) * other)
+            if tried and abs(x - tried[-1][1]) > 1e-6:  # secant slope from the previous trial, bounded
+                self._slope = float(np.clip((y - tried[-1][0]) / (x - tried[-1][1]), *SLOPES))
+            tried.append((y, x, trial, enc, size, other))
+            if abs(y - target) <= TOLERANCE:
+                break
+            if y > target:
+                lo = x  # too many bytes: coarser
+            else:
+                hi = x
+            nxt = float(np.clip(x + np.clip((target - y) / self._slope, -MAX_JUMP, MAX_JUMP), lo, hi))
+            if any(abs(nxt - t[1]) < 1e-3 for t in tried):  # the secant points at a tried scale
+                if nxt <= math.log(SCALE_MIN) + 1e-6 or nxt >= math.log(SCALE_MAX) - 1e-6:
+                    break  # at a bound of step_scale: the target is out of reach
+                nxt = (lo + hi) / 2
+            x = nxt
+        miss = min(abs(t[0] - target) for t in tried)
+        # the nearest, and of trials as near (within 1 %: flat stretches of bytes), the finest
+        y, x, self.encoder, enc, size, _ = min((t for t in tried if abs(t[0] - target) <= miss + 0.01),
+                                               key=lambda t: t[1])
+        more = [t[1] for t in tried if t[0] > target]  # ln(scale) of trials over the budget
+        less = [t[1] for t in tried if t[0] <= target]
+        self._sides = (math.exp(max(more)), math.exp(min(less))) if more and less else None
+        if miss > 0.1 and self._prev is not None:  # (not the first frame's probe)
+            self.stats.missed += 1
+        return enc, size
+
+
+def make_encoder(config: CodecConfig, fps: float, wire_size: Callable[[EncodedFrame], int]
+                 ) -> FrameEncoder | RateController:
+    """A RateController when ``config.target_mbps`` is set, else a plain FrameEncoder."""
+    return FrameEncoder(config) if config.target_mbps is None else RateController(config, fps, wire_size)
+
+
+def window_mbps(sizes: list[int] | np.ndarray, fps: float, seconds: float = 1.0) -> np.ndarray:
+    """Bitrate of every window of ``seconds`` of a sequence, megabits per second, float64 [W].
+
+    Frame i is sent at i / fps; a window holds the k = round(seconds x fps) consecutive frames
+    i..i+k-1 (each window starting at a frame, i = 0 .. n - k) and its bitrate is
+    8 x (their bytes) / (k / fps). Empty when the sequence is shorter than one window (k > n).
+    ``sizes``: bytes of each frame. ``ValueError`` for fps or seconds not positive."""
+    if not fps > 0 or not seconds > 0:
+        raise ValueError(f"fps and seconds must be positive, got {fps!r}, {seconds!r}")
+    k = max(1, round(seconds * fps))
+    s = np.asarray(sizes, np.float64)
+    if len(s) < k:
+        return np.zeros(0)
+    sums = np.convolve(s, np.ones(k), "valid")
+    return sums * 8 / (k / fps) / 1e6
+
+
+def buffer_seconds(sizes: list[int] | np.ndarray, fps: float, mbps: float) -> float:
+    """Largest fullness, in seconds at ``mbps``, of a leaky bucket drained at ``mbps`` into which
+    each frame's bytes drop at its time: F_i = max(0, F_(i-1) - R / fps) + size_i. The sender's
+    buffer (and the extra delay) a constant-rate channel of ``mbps`` needs for this stream."""
+    if not fps > 0 or not mbps > 0:
+        raise ValueError(f"fps and mbps must be positive, got {fps!r}, {mbps!r}")
+    drain, full, top = mbps * 1e6 / 8 / fps, 0.0, 0.0
+    for s in sizes:
+        full = max(0.0, full - drain) + float(s)
+        top = max(top, full)
+    return top * 8 / (mbps * 1e6)
+
+
+def _clamp(scale: float) -> float:
+    return min(max(scale, SCALE_MIN), SCALE_MAX)
