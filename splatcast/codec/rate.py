@@ -105,7 +105,7 @@ class RateController:
         self._sent = 0  # bytes of the frames sent
         self._gop_pos = 0  # frames since the last keyframe (the encoder's rule: a keyframe at gop)
         self._prev: GaussianFrame | None = None  # the previous input frame
-        self._last = ""  # its frame type
+        self._untracked = False  # whether it was coded as untracked content (``_untracked``)
         self._sides: tuple[float, float] | None = None  # step_scales over / under the budget (_keyframe)
         self._slope = SLOPE
 
@@ -120,9 +120,9 @@ class RateController:
         if index == 0 or self._gop_pos >= self.config.gop:
             enc, size = self._keyframe(frame, index)
         else:
-            # a copy to come back to: at frame 1 (the probe), and after an intra frame (the next
-            # one is likely intra too, and a keyframe in its place costs about the same)
-            saved = copy.deepcopy(self.encoder) if index == 1 or self._last == "intra" else None
+            # a copy to come back to: at frame 1 (the probe), and after untracked content (the
+            # next frame is likely untracked too, and a keyframe in its place costs a little more)
+            saved = copy.deepcopy(self.encoder) if index == 1 or self._untracked else None
             enc = self.encoder.encode(frame)
             size = self.wire_size(enc)
             if saved is not None and index == 1 and enc.frame_type != "keyframe":  # end the probe GOP if off
@@ -130,13 +130,13 @@ class RateController:
                 if abs(predicted / (self.frame_budget * self.config.gop) - 1) > RESTART:
                     self.encoder = saved
                     enc, size = self._keyframe(frame, index)
-            elif saved is not None and enc.frame_type == "intra" and self._sides is not None:
+            elif saved is not None and _untracked(enc) and self._sides is not None:
                 enc, size = self._dither(frame, index, saved, enc, size, self._sides)
         if enc.frame_type == "keyframe":
             self._gop_pos = 1
         else:
             self._gop_pos += 1
-        self._last = enc.frame_type
+        self._untracked = _untracked(enc)
         self.stats.sizes.append(size)
         self.stats.scales.append(self.step_scale)
         self._sent += size
@@ -145,7 +145,7 @@ class RateController:
 
     def _dither(self, frame: GaussianFrame, index: int, saved: FrameEncoder, enc: EncodedFrame, size: int,
                 sides: tuple[float, float]) -> tuple[EncodedFrame, int]:
-        """Untracked content (intra frames), where the bytes jump between two neighbouring
+        """Untracked content (intra frames, predicted interframes), where the bytes jump between two neighbouring
         step_scales (a group switching between a codebook and scalar values, or uint8 and uint16
         values, at a scale that moves a little from frame to frame): when the surplus so far
         passes DITHER frames' budget in the direction this frame pushes it, send this frame as
@@ -228,6 +228,13 @@ class RateController:
         if miss > 0.1 and self._prev is not None:  # (not the first frame's probe)
             self.stats.missed += 1
         return enc, size
+
+
+def _untracked(enc: EncodedFrame) -> bool:
+    """Whether a frame is coded as untracked content: an intra frame, or a predicted interframe
+    (its payload has ``kept``, docs/CODEC.md section 6b), each of which costs about what a
+    keyframe at the same steps costs, so that the dithering below can swap one for the other."""
+    return enc.frame_type == "intra" or (enc.frame_type == "interframe" and "kept" in enc.payload)
 
 
 def make_encoder(config: CodecConfig, fps: float, wire_size: Callable[[EncodedFrame], int]
