@@ -11,7 +11,7 @@ decoder gives the same bytes; tests/test_web_decoder.py checks that Python still
   first 2,000 Gaussians: a keyframe, then interframes (same count, rows correspond). A fine
   explicit step (2e-5) makes Morton deltas need 8 byte planes and position deltas wide ints.
 - `codec_tracked_high`: the same frames at quality "high" (SH rest bands scalar-quantised
-  instead of vector-quantised as in the other two, which use the default "medium").
+  instead of vector-quantised as in the others, which use the default "standard").
 - `codec_untracked`: 3 loot frames (SH degree 0), every 24th voxel (about 2,000 Gaussians):
   a keyframe, then intra frames (the count changes every frame).
 - `codec_predicted`: 4 loot frames, the voxels above y = 1.45 m (about 7,000, a spatial crop so

@@ -33,9 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("input_dir", type=Path, help="directory of INRIA-layout .ply frames")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .splatcast file")
     p.add_argument("--gop", type=int, help="a keyframe at least every N frames")
-    p.add_argument("--quality", choices=("preview", "medium", "high", "near-lossless"),
-                   help="quality preset, coarsest first (default medium; docs/CODEC.md section 7)")
-    p.add_argument("--codebook-size", type=int, help="entries per VQ codebook (SH rest bands of preview, medium)")
+    p.add_argument("--quality", choices=("preview", "standard", "medium", "high", "near-lossless"),
+                   help="quality preset, coarsest first (default standard; docs/CODEC.md section 7)")
+    p.add_argument("--codebook-size", type=int,
+                   help="entries per VQ codebook (SH rest bands of preview, standard, medium)")
     p.add_argument("--alpha", type=float,
                    help="position step = ALPHA x the 5%% quantile of nearest-neighbour distances")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="k-means device")

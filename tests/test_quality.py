@@ -22,14 +22,17 @@ FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 TILE_BANDS = {  # preset -> (low, high) dB of the tile's keyframe and last interframe
     "preview": (33, 41),
+    "standard": (37, 45),
     "medium": (41, 49),
     "high": (47, 55),
     "near-lossless": (52, 62),
 }
-LOOT_BANDS = {"preview": (48, 62), "medium": (53, 63), "high": (60, 71), "near-lossless": (65, 78)}
-FLAT_DB = {"preview": 0.5, "medium": 0.3, "high": 0.3, "near-lossless": 0.3}
+LOOT_BANDS = {"preview": (48, 62), "standard": (53, 63), "medium": (53, 63), "high": (60, 71),
+              "near-lossless": (65, 78)}
+FLAT_DB = {"preview": 0.5, "standard": 0.3, "medium": 0.3, "high": 0.3, "near-lossless": 0.3}
 """How much the 10th frame may lose against its keyframe: 0.3 dB, and 0.5 dB for "preview",
-whose coarse steps make the PSNR of single frames noisier (measured: -0.30 dB)."""
+whose coarse steps make the PSNR of single frames noisier (measured: -0.30 dB; "standard", the
+default, measured +0.24 dB: key 40.81, last 41.05 dB at 2.81 B/G; loot 57.95 dB at 0.995 B/G)."""
 
 
 def _encode(frames: list[GaussianFrame], preset: str) -> tuple[list, float]:
@@ -96,8 +99,8 @@ def test_report(tile_results, loot_results):
 
 def test_presets_are_monotonic(tile_results, loot_results):
     """Finer presets: more bytes and a higher PSNR on the tracked tile; on the loot capture
-    never fewer bytes nor a lower PSNR (its colours are vector-quantised at both "preview" and
-    "medium", where k-means matches their scalar error: the same frames then)."""
+    never fewer bytes nor a lower PSNR (its colours are vector-quantised at "preview",
+    "standard" and "medium", where k-means matches their scalar error: the same frames then)."""
     for key in ("key", "last"):
         values = [tile_results[p] for p in QUALITIES]
         assert all(a["bpg"] < b["bpg"] for a, b in zip(values, values[1:])), values
@@ -113,18 +116,20 @@ interframes; issue 12's target <= 1.0; 1.15 when every frame was an intra frame)
 
 
 def test_loot_predicted_interframes_rate_and_psnr(loot_dir):
-    """Issue 12 item 4: the real loot capture, frames 0-29, at the default preset: predicted
+    """Issue 12 item 4: the real loot capture, frames 0-29, at the default preset (the same
+    frames at "preview", "standard" and "medium", see test_presets_are_monotonic): predicted
     interframes (docs/CODEC.md section 6b) bring it under 1.0 B/G, with the PSNR of the intra
     frames they replace (their ids and positions are the same: measured 57.2 dB at 256 px)."""
     frames = [read_ply(p) for p in sorted(loot_dir.glob("*.ply"))]
     assert len(frames) == 30
-    encoded, bpg = _encode(frames, "medium")
+    default = CodecConfig().quality
+    encoded, bpg = _encode(frames, default)
     assert [e.frame_type for e in encoded] == ["keyframe"] + ["interframe"] * 29
     low, high = LOOT_PREDICTED_BPG
     assert low < bpg < high, bpg
     cams = orbit_cameras(frames[0], 4, 128)
     psnr = [_psnr(frames[i], encoded[i], cams) for i in (0, 15, 29)]
-    assert all(LOOT_BANDS["medium"][0] < v < LOOT_BANDS["medium"][1] for v in psnr), psnr
+    assert all(LOOT_BANDS[default][0] < v < LOOT_BANDS[default][1] for v in psnr), psnr
     # as intra frames: a little below the keyframe (measured at 128 px: 58.5, 57.3, 57.3 dB)
     assert min(psnr[1:]) > psnr[0] - 1.5, psnr
 

@@ -7,7 +7,7 @@ import os
 
 from splatcast.cli import frame_name
 
-QUALITY_NAMES = ("preview", "medium", "high", "near-lossless")
+QUALITY_NAMES = ("preview", "standard", "medium", "high", "near-lossless")
 """``splatcast.codec.config.QUALITIES``' names (not imported: the client needs no torch)."""
 
 
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     up.add_argument("--live", action="store_true", help="pace uploads at --fps, like a capture rig")
     up.add_argument("--gop", type=int, help="keyframe interval in frames (codec default otherwise)")
     up.add_argument("--quality", choices=QUALITY_NAMES,
-                    help="codec quality preset, coarsest first (default: the codec's, medium)")
+                    help="codec quality preset, coarsest first (default: the codec's, standard)")
     up.add_argument("--target-mbps", type=float,
                     help="ask the server to hold this bitrate, megabits per second at --fps (rate control, "
                          "docs/CODEC.md); default: constant quality")

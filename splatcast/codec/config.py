@@ -57,12 +57,14 @@ class Quality:
 
 QUALITIES = {
     "preview": Quality(alpha=0.6, colour=16.0, scale=0.3, rotation=1 / 16, opacity=0.6, sh_rest=0.0),
+    "standard": Quality(alpha=0.6, colour=12.0, scale=0.2, rotation=1 / 24, opacity=0.4, sh_rest=0.0),
     "medium": Quality(alpha=0.3, colour=6.0, scale=0.1, rotation=1 / 48, opacity=0.2, sh_rest=0.0),
     "high": Quality(alpha=0.15, colour=3.0, scale=0.04, rotation=1 / 128, opacity=0.08, sh_rest=0.03),
     "near-lossless": Quality(alpha=0.08, colour=1.5, scale=0.015, rotation=1 / 384, opacity=0.04,
                              sh_rest=0.01),
 }
-"""Quality presets, coarsest first (each one's steps at most the previous one's)."""
+"""Quality presets, coarsest first (each one's steps at most the previous one's). "standard"
+(the default) is "medium" with every step doubled."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,10 @@ class CodecConfig:
     """Encoder settings; the decoder needs none of them (everything it needs is in the payloads).
 
     - ``gop``: a keyframe at least every ``gop`` frames (default 30, 1 s at 30 fps).
-    - ``quality``: a preset of ``QUALITIES`` ("preview", "medium", "high", "near-lossless"):
-      the quantisation steps of every attribute (default "medium").
+    - ``quality``: a preset of ``QUALITIES`` ("preview", "standard", "medium", "high",
+      "near-lossless"): the quantisation steps of every attribute (default "standard": on the
+      shared sequences at least the best peer's rendered-view PSNR at at most 0.7x splats4d's
+      bytes, docs/CODEC.md section 11; "medium" gives 4-6 dB more for 25-33 % more bytes).
     - ``codebook_size``: entries per vector-quantisation codebook (the SH rest bands of the
       presets that vector-quantise them), 2..65536 (uint8 ids up to 256, uint16 above; k-means
       fits at most 16,384 entries).
@@ -92,7 +96,7 @@ class CodecConfig:
     """
 
     gop: int = 30
-    quality: str = "medium"
+    quality: str = "standard"
     codebook_size: int = 256
     alpha: float | None = None
     step: float | None = None
