@@ -9,8 +9,8 @@ Sequences (generated with ../shared/tools into WORKDIR, a temp dir unless given,
 A = tile_sh3_14k animated N frames (tracked, SH 3); C = biker_sh0_153k animated N frames
 (tracked, SH 0). N = --frames (90: 3 s).
 
-Each sequence is encoded by splatcast.codec.rate.RateController at each target (quality preset
-medium, gop 30). Bytes are what goes on the wire: len(encode_message(FrameMessage(...))) of each
+Each sequence is encoded by splatcast.codec.rate.RateController at each target (the default
+preset and gop 30; the controller scales its steps). Bytes are what goes on the wire: len(encode_message(FrameMessage(...))) of each
 frame (msgpack + zstd level 3 + length prefix; the header and end messages, a few hundred bytes
 once per stream, are left out). A 1 s window is 30 consecutive frames i..i+29, for every i from 0
 to N-30 (splatcast.codec.rate.window_mbps: no smoothing, each frame counted at its own time); the
