@@ -68,6 +68,9 @@ class DecoderState:
     ids: dict[str, np.ndarray]  # name -> [N] uint8/uint16 (VQ) or [D, N] uint8/uint16 (scalar)
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # name -> rank_table, made when
     # first needed and shared by the states of a GOP (same codebooks)
+    grids: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # shift -> previous_grid(self, shift), made when first needed (an encoder builds a predicted
+    # interframe, then decodes it against the same state: the grid is computed once)
 
     @property
     def num_gaussians(self) -> int:
@@ -296,7 +299,18 @@ def previous_grid(state: DecoderState, shift: np.ndarray) -> tuple[np.ndarray, n
     [M] uint64 on the new grid (its q + ``shift``), sorted (ties by row), the previous row of
     each [M] int64, and the shell: the distinct codes [S] uint64, sorted, of the previous
     voxels' face neighbours within [0, 2**PREDICTED_BITS) that are no previous voxel. Raises
-    ``CodecError`` when a shifted coordinate leaves [0, 2**PREDICTED_BITS)."""
+    ``CodecError`` when a shifted coordinate leaves [0, 2**PREDICTED_BITS). Kept in
+    ``state.grids`` (read-only arrays)."""
+    key = tuple(int(v) for v in shift)
+    if key not in state.grids:
+        grid = _previous_grid(state, shift)
+        for a in grid:
+            a.flags.writeable = False
+        state.grids[key] = grid
+    return state.grids[key]
+
+
+def _previous_grid(state: DecoderState, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     q = state.q.astype(np.int64) + shift
     if q.size and (int(q.min()) < 0 or int(q.max()) >= 2**PREDICTED_BITS):
         raise CodecError(f"shift moves the previous frame beyond [0, 2**{PREDICTED_BITS}) steps")

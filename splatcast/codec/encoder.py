@@ -134,9 +134,11 @@ class FrameEncoder:
                 inter = self._interframe(state, means, ids) if n == state.num_gaussians else None
                 # an intra frame is only tried when an interframe is not clearly smaller
                 try_intra = inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n
-                intra = self._intra(state, means, ids) if try_intra else None
-                # voxelised captures: a predicted interframe (kept voxels, new ones)
+                # voxelised captures: a predicted interframe (kept voxels, new ones), and an intra
+                # frame only when it is not smaller than the last keyframe or intra frame
                 pred = self._predicted(state, means, ids) if try_intra and self._lattice else None
+                try_intra = try_intra and (pred is None or pred[0] > self._intra_bpg * n)
+                intra = self._intra(state, means, ids) if try_intra else None
                 candidates = [c for c in (inter, intra, pred) if c is not None]
         if candidates:
             _, kind, payload, order = min(candidates)
@@ -253,10 +255,10 @@ class FrameEncoder:
             values[name] = self._inverse[name][pred, cur].astype(cur.dtype)
         new = codes[~is_kept]
         # a new voxel in the shell is a bit of the shell mask (once per code), others are listed
-        once = np.isin(new, shell) & np.r_[True, new[1:] != new[:-1]]
+        once = _sorted_in(new, shell) & np.r_[True, new[1:] != new[:-1]]
         other = new[~once]
         payload = dict(origin=origin, shift=(shift + pad).astype(np.int32), kept=_pack(kept),
-                       shell=_pack(np.isin(shell, new[once])),
+                       shell=_pack(_sorted_in(shell, new[once])),
                        morton=_planes(np.diff(other, prepend=np.uint64(0))), values=values)
         return _size(payload), "interframe", payload, order
 
@@ -527,6 +529,13 @@ def _narrow_int(a: np.ndarray) -> np.ndarray:
         if top <= np.iinfo(dt).max:
             return np.ascontiguousarray(a.astype(dt))
     raise CodecError("interframe delta beyond int32")
+
+
+def _sorted_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a)] bool: whether each element of ``a`` is in ``b`` (both sorted: np.isin sorts again)."""
+    if not len(b):
+        return np.zeros(len(a), bool)
+    return b[np.minimum(np.searchsorted(b, a), len(b) - 1)] == a
 
 
 def _pack(mask: np.ndarray) -> np.ndarray:
