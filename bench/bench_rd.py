@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bench_codec import SEQUENCES, generate, run  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
-from splatcast.codec import QUALITIES, CodecConfig  # noqa: E402
+from splatcast.codec import CODEC_VERSION, QUALITIES, CodecConfig  # noqa: E402
 
 V1 = {  # splatcast-vq version 1 (all attributes VQ) over the first 10 frames, from its bench_codec
     # figures (docs/CODEC.md sections 9-10): B/G = (keyframes + other frames) / 10, PSNR = mean
@@ -79,9 +79,13 @@ def plot(rows: list[dict], path: Path, peers: list[dict]) -> None:
     fig, axes = plt.subplots(1, len(seqs), figsize=(4.2 * len(seqs), 4.0), squeeze=False)
     for ax, name in zip(axes[0], seqs):
         mine = [r for r in rows if r["seq"] == name]
-        ax.plot([r["bpg"] for r in mine], [r["psnr"] for r in mine], "o-", color="C0", label="splatcast v2 presets")
+        ax.plot([r["bpg"] for r in mine], [r["psnr"] for r in mine], "o-", color="C0",
+                label=f"splatcast v{CODEC_VERSION} presets")
+        labels: dict[tuple, list[str]] = {}  # presets giving the same point share one label
         for r in mine:
-            ax.annotate(r["preset"], (r["bpg"], r["psnr"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            labels.setdefault((round(r["bpg"], 2), round(r["psnr"], 2)), []).append(r["preset"])
+        for (bpg, psnr), names in labels.items():
+            ax.annotate(" = ".join(names), (bpg, psnr), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.plot(*V1[name], "s", color="C3", label="splatcast v1 (default)")
         for p in peers:
             if p["seq"] == name and p["peer"] in PEER_STYLE:
