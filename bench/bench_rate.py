@@ -10,17 +10,17 @@ A = tile_sh3_14k animated N frames (tracked, SH 3); C = biker_sh0_153k animated 
 (tracked, SH 0). N = --frames (90: 3 s).
 
 Each sequence is encoded by splatcast.codec.rate.RateController at each target (the default
-preset and gop 30; the controller scales its steps). Bytes are what goes on the wire: len(encode_message(FrameMessage(...))) of each
-frame (msgpack + zstd level 3 + length prefix; the header and end messages, a few hundred bytes
-once per stream, are left out). A 1 s window is 30 consecutive frames i..i+29, for every i from 0
-to N-30 (splatcast.codec.rate.window_mbps: no smoothing, each frame counted at its own time); the
-table gives the min and max over those windows, as Mbit/s and as a deviation from the target.
-"buffer s" is the size a leaky bucket drained at the target needs (splatcast.codec.rate
-.buffer_seconds): the sender buffer, and the added delay, of a constant-rate channel of that
-bitrate. PSNR (dB) is splatcast.codec.metrics.view_quality of the reconstruction against the
-input frame (--psnr-views orbit views at --psnr-size px), every --psnr-every-th frame.
-Times are wall-clock on this machine, trials included (encode s per frame).
-"""
+preset and gop 30; the controller scales its steps). Bytes are what goes on the wire:
+len(encode_message(FrameMessage(...))) of each frame (msgpack + zstd level 3 + length prefix;
+the header and end messages, a few hundred bytes once per stream, are left out). A 1 s window is
+30 consecutive frames i..i+29, for every i from 0 to N-30 (splatcast.codec.rate.window_mbps: no
+smoothing, each frame counted at its own time); the table gives the min and max over those
+windows, as Mbit/s and as a deviation from the target. "buffer s" is the size a leaky bucket
+drained at the target needs (splatcast.codec.rate .buffer_seconds): the sender buffer, and the
+added delay, of a constant-rate channel of that bitrate. PSNR (dB) is
+splatcast.codec.metrics.view_quality of the reconstruction against the input frame (--psnr-views
+orbit views at --psnr-size px), every --psnr-every-th frame. Times are wall-clock on this
+machine, trials included (encode s per frame). """
 
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ def test_every_window_of_loot_within_10_percent_of_20_mbps(loot60):
 
 def test_unreachable_target_is_reported_and_sent_at_the_floor(loot60):
     """Loot's positions lie on the capture's voxel lattice (kept exactly) and its colours take a
-    256-entry codebook, predicted from the previous frame: about 10 Mbit/s whatever the steps, so 1 Mbit/s is out of reach."""
+    256-entry codebook, predicted from the previous frame: about 10 Mbit/s whatever the steps,
+    so 1 Mbit/s is out of reach."""
     rc = RateController(CodecConfig(target_mbps=1, device="cpu"), FPS, wire_size)
     for frame in loot60[:3]:
         rc.encode(frame)
