@@ -397,9 +397,16 @@ def unpack_small(codes: np.ndarray, escaped: np.ndarray, what: str) -> np.ndarra
         raise CodecError(f"{what}: codes must be below 3**{d} or {ESCAPE}")
     if int(esc.sum()) != escaped.shape[1]:
         raise CodecError(f"{what}: {int(esc.sum())} escape codes for {escaped.shape[1]} escaped rows")
-    out = (codes[None].astype(np.int64) // 3 ** np.arange(d)[:, None]) % 3 - 1
+    out = np.empty((d, len(codes)), np.int64)
+    for j in range(d):
+        out[j] = _SMALL_ROWS[j][codes]
     out[:, esc] = escaped
     return out
+
+
+_SMALL_ROWS = (np.arange(256)[None] // 3 ** np.arange(SMALL_DIMS)[:, None] % 3 - 1).astype(np.int64)
+"""[SMALL_DIMS, 256] int64: value j of each small-rows code (``unpack_small``; codes at or
+above 3**D are refused before they are looked up)."""
 
 
 # --- fields ------------------------------------------------------------------------------------

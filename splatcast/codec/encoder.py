@@ -518,9 +518,17 @@ def _small_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the escaped columns [D, E] (``decoder.unpack_small``): a column whose values are all in
     -1..1 is one byte, the sum of (v[j] + 1) * 3**j; zstd codes these bytes by their frequency
     (interframe residuals are mostly -1, 0, 1: docs/CODEC.md section 12)."""
-    small = (v >= -1).all(0) & (v <= 1).all(0)
-    codes = ((v.astype(np.int64) + 1) * 3 ** np.arange(v.shape[0])[:, None]).sum(0)
-    return np.where(small, codes, ESCAPE).astype(np.uint8), np.ascontiguousarray(v[:, ~small])
+    # v + 1 as uint8 (clipped first): 0..2 for a small value, 3 or 255 for another. Row by row
+    # (D <= 5 rows of M) in uint8: at most 2 x (1 + 3 + ... + 3**4) = 242 for a small column;
+    # the others wrap, and are replaced by ESCAPE
+    u = (np.clip(v, -2, 2) + 1).astype(np.uint8)  # [D, M]
+    small = np.ones(v.shape[1], bool)
+    codes = np.zeros(v.shape[1], np.uint8)
+    for j, row in enumerate(u):
+        small &= row <= 2
+        codes += row * np.uint8(3**j)
+    codes[~small] = ESCAPE
+    return codes, np.ascontiguousarray(v[:, ~small])
 
 
 def _narrow_int(a: np.ndarray) -> np.ndarray:
