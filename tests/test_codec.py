@@ -312,3 +312,24 @@ def test_predicted_interframes_reject_inconsistent_payloads(loot_frames):
         assert decoder.state is state
     dec = decoder.decode("interframe", pred.num_gaussians, p)
     assert torch.equal(dec.means, pred.reconstruction.means) and torch.equal(dec.sh0, pred.reconstruction.sh0)
+
+
+@pytest.mark.parametrize("row0_kept", [True, False])
+@pytest.mark.parametrize("value", [0, 7])
+def test_constant_group_fast_path_matches_the_general_prediction(monkeypatch, row0_kept, value):
+    """``predict_values``' fast path for a scalar group whose previous values are all the same and
+    unchanged (voxel captures: one scale, rotation, opacity) gives what the general run
+    prediction gives, new rows before the first kept row included."""
+    from splatcast.codec import decoder
+
+    rng = np.random.default_rng(1)
+    n_prev, n = 500, 600
+    state = decoder.DecoderState(0, np.float32(1), {}, {}, np.zeros(3, np.float32),
+                                 np.zeros((n_prev, 3), np.int32),
+                                 {"scale": np.full((3, n_prev), value, np.uint8)})
+    source = np.where(rng.random(n) < 0.7, rng.integers(0, n_prev, n), -1)
+    source[0] = 3 if row0_kept else -1
+    v = np.zeros((3, n), np.uint8)
+    fast = decoder.predict_values(state, "scale", source, v)
+    monkeypatch.setattr(decoder, "_constant", lambda values: None)
+    assert np.array_equal(fast, decoder.predict_values(state, "scale", source, v))

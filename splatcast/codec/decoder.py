@@ -374,6 +374,11 @@ def predict_values(state: DecoderState, name: str, source: np.ndarray, v: np.nda
         return out
     # differences modulo the type: a kept row adds to its previous value, a run of new rows
     # adds up from the row before the run (0 before row 0)
+    constant = _constant(old)
+    if constant is not None and n and not v.any() and (kept[0] or not constant.any()):
+        # fast path (voxel captures: one scale, rotation, opacity for all): every previous value
+        # is the same and nothing changes, so every row has it (what the general path gives)
+        return np.repeat(constant[..., None], n, axis=-1)
     last = np.maximum.accumulate(np.where(kept, np.arange(n), -1))  # [N] last kept row <= i
     base = np.zeros(old.shape[:-1] + (n,), old.dtype)
     base[..., kept] = pred_kept + v[..., kept]
@@ -385,6 +390,14 @@ def predict_values(state: DecoderState, name: str, source: np.ndarray, v: np.nda
     if name in state.codebooks:
         _check_ids(out, state.codebooks[name].shape[0], f"values.{name}")
     return out
+
+
+def _constant(values: np.ndarray) -> np.ndarray | None:
+    """The value [D] of a scalar group whose rows ([D, N], N > 0) all have the same, else None."""
+    if not values.shape[-1]:
+        return None
+    first = values[..., :1]
+    return first[..., 0] if (values == first).all() else None
 
 
 def unpack_small(codes: np.ndarray, escaped: np.ndarray, what: str) -> np.ndarray:
