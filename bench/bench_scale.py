@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,30 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 from bench_server import SHARED, latency_ms, make_data, percentile, watched_upload  # noqa: E402
+from bench_server import start_server as serve  # noqa: E402
 from services import RedisServer, S3Server, aws_env  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "splatcast", "serve", "--port", str(port)],
-                            env={**os.environ, "SPLATCAST_MAX_SUBSCRIBERS": "500", "SPLATCAST_LOG_LEVEL": "warning",
-                                 **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start") from None
-            time.sleep(0.3)
 
 
 def stop(*procs: subprocess.Popen) -> None:

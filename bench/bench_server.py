@@ -71,13 +71,19 @@ def make_data(tmp: Path, loot_frames: int, playbot_frames: int) -> dict[str, Pat
     return data
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SPLATCAST_MAX_SUBSCRIBERS": "500"}
-    proc = subprocess.Popen([sys.executable, "-m", "splatcast", "serve", "--port", str(port), "--data-dir",
-                             str(data_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return s.getsockname()[1]
+
+
+def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``splatcast serve`` in a subprocess on a free loopback port, with ``env`` added to this
+    process's environment (e.g. SPLATCAST_DATA_DIR); (process, URL) once /healthz answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "splatcast", "serve", "--port", str(port)],
+                            env={**os.environ, "SPLATCAST_MAX_SUBSCRIBERS": "500", "SPLATCAST_LOG_LEVEL": "warning",
+                                 **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -298,7 +304,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         tmp = Path(tmp)
         data = make_data(tmp, args.loot_frames, args.playbot_frames)
-        proc, url = start_server(tmp / "server-data")
+        proc, url = start_server({"SPLATCAST_DATA_DIR": str(tmp / "server-data")})
         try:
             print(f"server {url} (subprocess), {os.cpu_count()} CPUs; figures are noisy while other work runs")
             device = args.device if args.encode else None

@@ -10,7 +10,7 @@ from conftest import _run_tool, shared_path
 
 from splatcast.codec import CodecConfig, FrameDecoder, ply_files, read_ply
 from splatcast.codec.rate import RateController, buffer_seconds, make_encoder, window_mbps
-from splatcast.protocol import FrameMessage, StreamDecoder, encode_message
+from splatcast.protocol import FrameMessage, StreamDecoder, encode_message, frame_size
 
 FPS = 30
 
@@ -24,8 +24,7 @@ def loot60(tmp_path_factory):
     return [read_ply(p) for p in ply_files(out)]
 
 
-def wire_size(enc) -> int:
-    return len(encode_message(FrameMessage(0, 0.0, enc.frame_type, enc.num_gaussians, enc.payload)))
+wire_size = frame_size
 
 
 @pytest.mark.timeout(120)

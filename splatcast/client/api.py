@@ -53,6 +53,7 @@ from splatcast.protocol import (
     StreamDecoder,
     StreamHeader,
     encode_message,
+    frame_size,
 )
 
 __all__ = ["Batch", "ConnectionFailed", "FrameInfo", "FrameProducer", "ReceivedFrame", "Sequence", "ServerRefused",
@@ -492,9 +493,7 @@ class FrameProducer:
     def __init__(self, seq: Sequence, device: str = "auto") -> None:
         self.seq = seq
         config = CodecConfig.from_dict({**seq.codec, "device": device})
-        self.encoder = make_encoder(config, seq.fps, lambda e: len(encode_message(
-            FrameMessage(index=0, pts=0.0, frame_type=e.frame_type, num_gaussians=e.num_gaussians,
-                         payload=e.payload))))
+        self.encoder = make_encoder(config, seq.fps, frame_size)
 
     def encode(self, index: int, frame: GaussianFrame | str | os.PathLike | bytes) -> tuple[bytes, EncodedFrame]:
         """The body of frame ``index``'s upload (frame 0: the stream header message, then the frame

@@ -21,11 +21,11 @@ from .messages import (
                      Payload,
                      StreamHeader,
 )
-from .wire import Limits, encode_message
+from .wire import Limits, encode_message, frame_size
 
 __all__ = [
     "DTYPES", "FRAME_TYPES", "MAGIC", "MEDIA_TYPE", "PROTOCOL_VERSION", "DecompressionError", "EndOfStream",
     "ErrorMessage", "FrameMessage", "FramingError", "LimitExceeded", "Limits", "Message",
     "Payload", "ProtocolError", "SchemaError", "StreamDecoder", "StreamHeader", "VersionError",
-    "encode_message", "read_stream", "read_stream_sized", "write_stream",
+    "encode_message", "frame_size", "read_stream", "read_stream_sized", "write_stream",
 ]

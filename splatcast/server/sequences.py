@@ -46,7 +46,6 @@ from splatcast.codec import (
     check_codec,
     read_ply,
 )
-from splatcast.codec.encoder import EncodedFrame
 from splatcast.codec.rate import RateController, make_encoder
 from splatcast.protocol import (
     MEDIA_TYPE,
@@ -59,6 +58,7 @@ from splatcast.protocol import (
     StreamDecoder,
     StreamHeader,
     encode_message,
+    frame_size,
 )
 from splatcast.server.errors import (
     BadRequest,
@@ -286,7 +286,7 @@ class Sequences:
         if info.sh_degree is not None and frame.sh_degree != info.sh_degree:
             raise Invalid(f"frame has SH degree {frame.sh_degree}, the sequence has {info.sh_degree}")
         encoder = self._encoders.pop(info.id, None) or make_encoder(CodecConfig.from_dict(info.codec), info.fps,
-                                                                    _message_size)
+                                                                    frame_size)
         t0 = time.perf_counter()
         try:
             encoded = encoder.encode(frame)
@@ -438,13 +438,6 @@ def _check_header(header: StreamHeader, info: SequenceInfo) -> None:
     if header.fps != info.fps or header.name != info.name or header.frame_count is not None:
         raise Invalid(f"stream header: fps {header.fps!r}, name {header.name!r} and frame_count "
                       f"{header.frame_count!r} must be the sequence's ({info.fps!r}, {info.name!r}, None)")
-
-
-def _message_size(encoded: EncodedFrame) -> int:
-    """Bytes of ``encoded``'s frame message as frame 0 (another index and pts change the
-    compressed size by < 0.5 %), for the rate controller."""
-    return len(encode_message(FrameMessage(index=0, pts=0.0, frame_type=encoded.frame_type,
-                                           num_gaussians=encoded.num_gaussians, payload=encoded.payload)))
 
 
 def _sha256(body: bytes | bytearray) -> str:
