@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--quality", choices=("preview", "standard", "medium", "high", "near-lossless"),
                    help="quality preset, coarsest first (default standard; docs/CODEC.md section 7)")
     p.add_argument("--codebook-size", type=int,
-                   help="entries per VQ codebook (SH rest bands of preview, standard, medium)")
+                   help="entries per VQ codebook (SH rest bands of preview, standard, medium); "
+                        "default 256, 512 for scenes of 131,072 Gaussians or more")
     p.add_argument("--alpha", type=float,
                    help="position step = ALPHA x the 5%% quantile of nearest-neighbour distances")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="k-means device")

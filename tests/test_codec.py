@@ -22,6 +22,9 @@ from splatcast.codec import (
     check_codec,
     read_ply,
 )
+from splatcast.codec.config import LARGE_SCENE
+from splatcast.codec.decoder import quaternions
+from splatcast.codec.encoder import ROTATION_KEEP, _smallest_three
 from splatcast.codec.metrics import frame_errors
 from splatcast.protocol import FrameMessage, encode_message
 
@@ -172,6 +175,8 @@ def test_config_round_trip_and_validation():
     assert CodecConfig.from_dict(c.to_dict()) == c
     assert CodecConfig(alpha=0.7).steps.alpha == 0.7 and CodecConfig().steps == QUALITIES["standard"]
     assert CodecConfig().steps == CodecConfig(quality="medium", step_scale=2).steps  # medium's steps x 2
+    assert CodecConfig().codebook_rows(LARGE_SCENE - 1) == 256 and CodecConfig().codebook_rows(LARGE_SCENE) == 512
+    assert CodecConfig(codebook_size=64).codebook_rows(LARGE_SCENE) == 64
     for bad in ({"gop": 0}, {"codebook_size": 1}, {"alpha": -1.0}, {"step": 0.0}, {"quality": "ultra"},
                 {"quality": None}, {"device": "tpu"}, {"tolerance": True}, {"bogus": 1}):
         with pytest.raises(ValueError):
@@ -277,9 +282,9 @@ def test_presets_are_ordered():
         assert fine.sh_rest <= coarse.sh_rest or coarse.sh_rest == 0  # 0: vector-quantised
 
 
-def test_versions_1_and_2_are_refused():
+def test_versions_1_to_3_are_refused():
     check_codec(CODEC_NAME, CODEC_VERSION)
-    for old in (1, 2):
+    for old in (1, 2, 3):
         with pytest.raises(CodecError, match=f"version {old} is not supported.*re-encode"):
             check_codec(CODEC_NAME, old)
     with pytest.raises(CodecError, match="is not 'splatcast-vq'"):
@@ -333,3 +338,38 @@ def test_constant_group_fast_path_matches_the_general_prediction(monkeypatch, ro
     fast = decoder.predict_values(state, "scale", source, v)
     monkeypatch.setattr(decoder, "_constant", lambda values: None)
     assert np.array_equal(fast, decoder.predict_values(state, "scale", source, v))
+
+
+def _rotation_reference(unit: np.ndarray, index: np.ndarray | None) -> np.ndarray:
+    """Slow, obvious smallest three [N, 4] (k, a, b, c) of unit quaternions [N, 4], row by row."""
+    out = []
+    for i, q in enumerate(unit):
+        k = int(np.argmax(np.abs(q)))
+        if index is not None and abs(q[int(index[i])]) >= ROTATION_KEEP * abs(q[k]):
+            k = int(index[i])
+        q = q if q[k] >= 0 else -q
+        out.append([k] + [q[j] for j in range(4) if j != k])
+    return np.array(out, np.float32)
+
+
+def test_smallest_three_round_trip():
+    """Rotation as its smallest three (docs/CODEC.md section 14): the encoder's features equal a
+    row-by-row reference, keep a row's previous index while that component is large enough, and
+    ``decoder.quaternions`` gives back the same rotation (q or -q) within float32 rounding."""
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(2000, 4))
+    unit[:10] = np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3, 0, 0]]  # exact axes, ties broken by argmax
+    unit[10:20, :2] = 0.6  # two equal largest components
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    t = torch.from_numpy(unit.astype(np.float32))
+    index = rng.integers(0, 4, len(unit)).astype(np.float32)
+    for previous in (None, index):
+        got = _smallest_three(t, None if previous is None else torch.from_numpy(previous)).numpy()
+        np.testing.assert_allclose(got, _rotation_reference(t.numpy(), previous), atol=1e-7)
+        back = quaternions(got)
+        assert np.abs(np.abs((back * unit).sum(1)) - 1).max() < 1e-5
+    assert (_smallest_three(t, torch.from_numpy(index))[:, 0].numpy() == index).mean() > 0.2  # kept
+    # the index is rounded and clipped: any value gives a quaternion, never an error
+    odd = np.array([[-3.0, 0.1, 0.2, 0.3], [7.6, 0.9, 0.9, 0.9], [1.4, 0, 0, 0]], np.float32)
+    np.testing.assert_allclose(quaternions(odd), [[np.sqrt(np.float32(0.86)), 0.1, 0.2, 0.3],
+                                                  [0.9, 0.9, 0.9, 0], [0, 1, 0, 0]], rtol=1e-6)

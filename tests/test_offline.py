@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from splatcast.cli import main
-from splatcast.codec import CodecConfig, FrameEncoder, read_ply
+from splatcast.codec import CODEC_VERSION, CodecConfig, FrameEncoder, read_ply
 from splatcast.protocol import EndOfStream, StreamHeader, encode_message, read_stream_sized
 
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -98,7 +98,8 @@ def test_bad_inputs_give_an_error_and_status_1(encoded, tmp_path):
              (("decode", no_header, "-o", tmp_path / "d2"), 1, "the stream does not start with a header", no_header),
              (("decode", other_codec, "-o", tmp_path / "d3"), 1, "codec 'other' is not 'splatcast-vq'", other_codec),
              (("decode", version_1, "-o", tmp_path / "d6"), 1,
-              "splatcast-vq stream version 1 is not supported: this decoder reads version 3 only", version_1),
+              f"splatcast-vq stream version 1 is not supported: this decoder reads version {CODEC_VERSION} only",
+              version_1),
              (("decode", garbage, "-o", tmp_path / "d4"), 1, "not a splatcast stream", garbage),
              (("info", garbage), 1, "not a splatcast stream", garbage),
              (("decode", tmp_path / "missing.splatcast", "-o", tmp_path / "d5"), 1, "No such file or directory",

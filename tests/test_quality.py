@@ -99,14 +99,15 @@ def test_report(tile_results, loot_results):
 
 def test_presets_are_monotonic(tile_results, loot_results):
     """Finer presets: more bytes and a higher PSNR on the tracked tile; on the loot capture
-    never fewer bytes nor a lower PSNR (its colours are vector-quantised at "preview",
-    "standard" and "medium", where k-means matches their scalar error: the same frames then)."""
+    never fewer bytes (beyond 0.1 %) nor a lower PSNR (its colours are vector-quantised at
+    "preview", "standard" and "medium", where k-means matches their scalar error: the same
+    frames then, but for the quantisers of its constant rotations and scales)."""
     for key in ("key", "last"):
         values = [tile_results[p] for p in QUALITIES]
         assert all(a["bpg"] < b["bpg"] for a, b in zip(values, values[1:])), values
         assert all(a[key] + 2 < b[key] for a, b in zip(values, values[1:])), values
     values = [loot_results[p] for p in QUALITIES]
-    assert all(a["bpg"] <= b["bpg"] and a["psnr"] <= b["psnr"] for a, b in zip(values, values[1:])), values
+    assert all(a["bpg"] <= 1.001 * b["bpg"] and a["psnr"] <= b["psnr"] for a, b in zip(values, values[1:])), values
     assert values[-1]["psnr"] > values[0]["psnr"] + 10, values
 
 

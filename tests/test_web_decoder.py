@@ -34,6 +34,14 @@ def test_python_decoder_still_gives_the_codec_vectors(name):
     assert _make_codec_vectors().decode_file(VECTORS / doc["file"]) == doc["frames"]
 
 
+def test_javascript_decoder_reads_this_codec_version():
+    from splatcast.codec import CODEC_NAME, CODEC_VERSION
+
+    source = (REPO / "splatcast" / "server" / "static" / "js" / "codec.mjs").read_text()
+    assert f'export const CODEC_NAME = "{CODEC_NAME}";' in source
+    assert f"export const CODEC_VERSION = {CODEC_VERSION};" in source
+
+
 def test_codec_vectors_cover_every_frame_type():
     types = {f["frame_type"] for name in CODEC_VECTORS
              for f in json.loads((VECTORS / f"{name}.json").read_text())["frames"]}

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, fields, replace
 CODEC_NAME = "splatcast-vq"
 """Name of this codec in stream headers."""
 
-CODEC_VERSION = 3
+CODEC_VERSION = 4
 """Version of the payload layout described in docs/CODEC.md; bump on any change. Versions 1
-(every attribute vector-quantised) and 2 (no predicted interframes) are not decoded any more:
-see ``check_codec``."""
+(every attribute vector-quantised), 2 (no predicted interframes) and 3 (rotation as four
+quaternion components) are not decoded any more: see ``check_codec``."""
 
 FRAME_TYPES = ("keyframe", "intra", "interframe")
 """keyframe: new codebooks and step, all data; intra: all data with the current codebooks;
@@ -24,7 +24,7 @@ class CodecError(ValueError):
 
 def check_codec(codec: str, version: int) -> None:
     """Raise ``CodecError`` unless a stream header's ``codec`` / ``codec_version`` is this
-    codec's: a version-1 or -2 stream (docs/CODEC.md sections 11, 6b) is refused with a message
+    codec's: a stream of versions 1-3 (docs/CODEC.md sections 11, 6b, 14) is refused with a message
     saying to re-encode it."""
     if codec != CODEC_NAME:
         raise CodecError(f"codec {codec!r} is not {CODEC_NAME!r}")
@@ -41,7 +41,7 @@ class Quality:
     - ``alpha``: position step = alpha x the 5 % quantile of nearest-neighbour distances.
     - ``colour``: step of the degree-0 colour 0.5 + C0 sh0, in 1/255 (sh0 step = colour / 255 / C0).
     - ``scale``: step of the log scales (natural log: 0.02 = about 2 % relative).
-    - ``rotation``: step of each component of the unit quaternion (w >= 0).
+    - ``rotation``: step of the three smallest components of the unit quaternion.
     - ``opacity``: step of the opacity logit.
     - ``sh_rest``: step of the higher-order SH coefficients, or 0: vector-quantised instead
       (``CodecConfig.codebook_size`` entries per band).
@@ -56,15 +56,19 @@ class Quality:
 
 
 QUALITIES = {
-    "preview": Quality(alpha=0.6, colour=16.0, scale=0.3, rotation=1 / 16, opacity=0.6, sh_rest=0.0),
-    "standard": Quality(alpha=0.6, colour=12.0, scale=0.2, rotation=1 / 24, opacity=0.4, sh_rest=0.0),
-    "medium": Quality(alpha=0.3, colour=6.0, scale=0.1, rotation=1 / 48, opacity=0.2, sh_rest=0.0),
-    "high": Quality(alpha=0.15, colour=3.0, scale=0.04, rotation=1 / 128, opacity=0.08, sh_rest=0.03),
-    "near-lossless": Quality(alpha=0.08, colour=1.5, scale=0.015, rotation=1 / 384, opacity=0.04,
+    "preview": Quality(alpha=0.6, colour=16.0, scale=0.3, rotation=1 / 18, opacity=0.6, sh_rest=0.0),
+    "standard": Quality(alpha=0.6, colour=12.0, scale=0.2, rotation=1 / 28, opacity=0.4, sh_rest=0.0),
+    "medium": Quality(alpha=0.3, colour=6.0, scale=0.1, rotation=1 / 56, opacity=0.2, sh_rest=0.0),
+    "high": Quality(alpha=0.15, colour=3.0, scale=0.04, rotation=1 / 150, opacity=0.08, sh_rest=0.03),
+    "near-lossless": Quality(alpha=0.08, colour=1.5, scale=0.015, rotation=1 / 450, opacity=0.04,
                              sh_rest=0.01),
 }
 """Quality presets, coarsest first (each one's steps at most the previous one's). "standard"
 (the default) is "medium" with every step doubled."""
+
+
+LARGE_SCENE = 131072
+"""Scenes of at least this many Gaussians get 512-entry codebooks by default (``CodecConfig``)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class CodecConfig:
       bytes, docs/CODEC.md section 11; "medium" gives 4-6 dB more for 25-33 % more bytes).
     - ``codebook_size``: entries per vector-quantisation codebook (the SH rest bands of the
       presets that vector-quantise them), 2..65536 (uint8 ids up to 256, uint16 above; k-means
-      fits at most 16,384 entries).
+      fits at most 16,384 entries), or None (default): ``auto_codebook_size`` of each keyframe.
     - ``alpha``: position step = ``alpha`` x the 5 % quantile of nearest-neighbour distances
       (the rule of gsvvcompressor), used when ``step`` is None; None: the preset's.
     - ``step``: explicit position step in scene units, or None to derive it per keyframe.
@@ -97,7 +101,7 @@ class CodecConfig:
 
     gop: int = 30
     quality: str = "standard"
-    codebook_size: int = 256
+    codebook_size: int | None = None
     alpha: float | None = None
     step: float | None = None
     tolerance: int | None = None
@@ -112,8 +116,9 @@ class CodecConfig:
 
         if not _is_int(self.gop) or self.gop < 1:
             bad(f"gop must be an int >= 1, got {self.gop!r}")
-        if not _is_int(self.codebook_size) or not 2 <= self.codebook_size <= 65536:
-            bad(f"codebook_size must be an int in 2..65536, got {self.codebook_size!r}")
+        if self.codebook_size is not None and (not _is_int(self.codebook_size)
+                                               or not 2 <= self.codebook_size <= 65536):
+            bad(f"codebook_size must be None or an int in 2..65536, got {self.codebook_size!r}")
         if self.quality not in QUALITIES:
             bad(f"quality must be one of {list(QUALITIES)}, got {self.quality!r}")
         if self.alpha is not None and (not _is_number(self.alpha) or not 0 < self.alpha <= 100):
@@ -141,6 +146,15 @@ class CodecConfig:
         if self.step_scale == 1:
             return q
         return Quality(**{f.name: getattr(q, f.name) * self.step_scale for f in fields(Quality)})
+
+    def codebook_rows(self, num_gaussians: int) -> int:
+        """``codebook_size``, or when None: 256 entries, 512 from LARGE_SCENE Gaussians on. On B
+        (250k, SH degree 2, ``standard``) 512 entries per SH band give +0.9 dB rendered PSNR for
+        +2.7 % bytes (the ids become uint16; docs/CODEC.md section 14); on small scenes the
+        codebooks themselves would cost more than they buy."""
+        if self.codebook_size is not None:
+            return self.codebook_size
+        return 512 if num_gaussians >= LARGE_SCENE else 256
 
     def to_dict(self) -> dict:
         """JSON/msgpack-safe dict of all fields (None where derived)."""

@@ -110,13 +110,14 @@ def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame
     def unchanged(*names: str) -> bool:
         return reuse is not None and all(ids[name] is reuse[0].ids[name] for name in names)
 
-    def lookup(name: str) -> torch.Tensor:  # [N, D] values; ids already validated
+    def lookup(name: str) -> torch.Tensor:  # [N, D] values (rotation: quaternions); ids validated
         if name in cb:  # codebook rows
-            return torch.from_numpy(np.take(cb[name], ids[name], axis=0, mode="clip"))
-        v = ids[name].T.astype(np.float32)  # [N, D]; float32 offset + float32(q * step), in place
-        np.multiply(v, state.scalar[name][1], out=v)
-        np.add(v, state.scalar[name][0], out=v)
-        return torch.from_numpy(v)
+            v = np.take(cb[name], ids[name], axis=0, mode="clip")
+        else:
+            v = ids[name].T.astype(np.float32)  # [N, D]; float32 offset + float32(q * step), in place
+            np.multiply(v, state.scalar[name][1], out=v)
+            np.add(v, state.scalar[name][0], out=v)
+        return torch.from_numpy(quaternions(v) if name == "rotation" else v)
 
     def take(name: str) -> torch.Tensor:
         if reuse is not None and unchanged(name):
@@ -142,6 +143,26 @@ def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame
 
 
 _FIELDS = {"scale": "scales", "rotation": "quats", "opacity": "opacities", "sh0": "sh0"}
+
+
+def quaternions(v: np.ndarray) -> np.ndarray:
+    """Quaternions wxyz [N, 4] float32 from the rotation group's values ``v`` [N, 4] float32:
+    (k, a, b, c), the "smallest three" of a unit quaternion (e.g. Glenn Fiedler, "Snapshot
+    Compression", 2015): k (rounded, clipped to 0..3) is the index of its largest component,
+    which is positive and is sqrt(max(0, 1 - (a*a + b*b) - c*c)) in float32, and a, b, c are
+    the other three in order. Works on codebook rows as on decoded values."""
+    k = np.clip(np.rint(v[:, 0]), 0, 3).astype(np.int64)  # [N]
+    a, b, c = v[:, 1], v[:, 2], v[:, 3]
+    s = a * a
+    s += b * b
+    s += c * c
+    np.subtract(np.float32(1), s, out=s)
+    np.maximum(s, np.float32(0), out=s)
+    largest = np.sqrt(s)  # [N] float32
+    out = np.empty((len(v), 4), np.float32)
+    for j in range(4):  # slot j: the largest (k == j), else a, b, c in order (v[:, j + 1] before k)
+        out[:, j] = np.where(k == j, largest, np.where(k > j, v[:, min(j + 1, 3)], v[:, max(j, 1)]))
+    return out
 
 
 class FrameDecoder:

@@ -52,6 +52,10 @@ instead when k-means matches the preset's scalar error (``FrameEncoder._vq_if_it
 LOGIT_MAX = 16.0
 """Opacity logits are clipped to [-LOGIT_MAX, LOGIT_MAX] (alpha within 1.1e-7 of 0 or 1;
 +Inf opacities of real files become finite)."""
+ROTATION_KEEP = 0.9
+"""A row keeps its previous frame's largest-component index while that component's magnitude
+is at least this fraction of the largest (``_smallest_three``); the other three then stay
+within 0.75 (1 / sqrt(1 + 0.9**2)), inside the keyframe's range widened by SCALAR_MARGIN."""
 SCALAR_MARGIN = 1 / 8
 """A scalar quantiser takes uint8 values only when its keyframe's range widened by this
 fraction on each side fits 255 steps, so that later frames of the GOP moving a little beyond
@@ -125,7 +129,9 @@ class FrameEncoder:
             raise CodecError(f"SH degree changed from {self._sh_degree} to {frame.sh_degree}")
         _check_finite(frame)
         means = frame.means.detach().cpu().numpy().astype(np.float64)  # [N, 3]
-        feats = _features(frame.to(self.device))
+        previous = self._feats.get("rotation")
+        feats = _features(frame.to(self.device), previous[:, 0] if previous is not None
+                          and len(previous) == frame.num_gaussians else None)
         state, n = self._decoder.state, frame.num_gaussians
         candidates: list[_Candidate] = []
         if state is not None and self._gop_pos < self.config.gop:
@@ -163,7 +169,7 @@ class FrameEncoder:
         steps = _group_steps(self.config.steps, feats)
         for i, (name, x) in enumerate(feats.items()):
             fitted = None
-            if steps[name] > 0:
+            if steps[name].min() > 0:
                 sq, dtype = _scalar_quantiser(x, steps[name])
                 fitted = self._vq_if_it_pays(name, x, sq, i) if lattice else None
                 if fitted is None:
@@ -172,7 +178,7 @@ class FrameEncoder:
                     self._scalar[name] = (offset, step_, dtype)
                     continue
             if fitted is None:
-                fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i) if len(x) else \
+                fitted = kmeans.fit(x, self.config.codebook_rows(len(x)), self.config.seed + i) if len(x) else \
                     torch.zeros((1, x.shape[1]), device=x.device)
             codebooks[name] = _sorted_codebook(np.clip(fitted.cpu().numpy(), -65504, 65504).astype(np.float16))
         self._books = {name: torch.from_numpy(cb.astype(np.float32)).to(self.device)
@@ -191,9 +197,10 @@ class FrameEncoder:
         a voxel capture (loot at preview/medium: 1.52 -> 1.16 B/G at the same PSNR). Only for
         lattice positions: on tracked content whose colours change (biker at preview) the
         codebook drifts and costs more than it saves (docs/CODEC.md section 11)."""
-        if name not in VQ_CANDIDATES or len(x) <= 4 * self.config.codebook_size:
+        rows = self.config.codebook_rows(len(x))
+        if name not in VQ_CANDIDATES or len(x) <= 4 * rows:
             return None
-        fitted = kmeans.fit(x, self.config.codebook_size, self.config.seed + i)
+        fitted = kmeans.fit(x, rows, self.config.seed + i)
         mse = float(_sqdist(x, fitted, kmeans.assign(x, fitted)).mean())
         return fitted if mse <= float((sq[1].astype(np.float64) ** 2).sum() / 12) else None
 
@@ -377,18 +384,35 @@ class _GridOverflow(Exception):
     """Positions span more than 2**21 steps on some axis."""
 
 
-def _features(frame: GaussianFrame) -> dict[str, torch.Tensor]:
+def _features(frame: GaussianFrame, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per group, the [N, D] float32 vectors that are quantised (docs/CODEC.md): the unit
-    quaternion with w >= 0, log scales, the opacity logit clipped to +-LOGIT_MAX, sh0, and the
-    SH rest bands (coefficient-major)."""
-    unit = _normalised(frame.quats)
-    unit = torch.where(unit[:, :1] < 0, -unit, unit)  # q and -q are the same rotation: w >= 0
-    out = {"rotation": unit, "scale": frame.scales,
+    quaternion's smallest three (``_smallest_three``, ``index`` the previous frame's [N]),
+    log scales, the opacity logit clipped to +-LOGIT_MAX, sh0, and the SH rest bands
+    (coefficient-major)."""
+    out = {"rotation": _smallest_three(_normalised(frame.quats), index), "scale": frame.scales,
            "opacity": frame.opacities.clamp(-LOGIT_MAX, LOGIT_MAX).unsqueeze(1), "sh0": frame.sh0}
     n = frame.num_gaussians
     for b in range(1, frame.sh_degree + 1):
         out[f"shN_{b}"] = frame.shN[:, b * b - 1:(b + 1) ** 2 - 1, :].reshape(n, 3 * (2 * b + 1))
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def _smallest_three(unit: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit quaternions [N, 4] (wxyz) -> [N, 4] (k, a, b, c): k (0..3, as a float) the index of
+    the largest component by magnitude, a, b, c the other three in order after the sign that
+    makes that one positive (q and -q are the same rotation); ``decoder.quaternions`` inverts it.
+    The three lie in [-1/sqrt(2), 1/sqrt(2)]: 3 values at a step instead of 4 (17 % fewer
+    keyframe rotation bytes on the shared sequences, docs/CODEC.md section 14). With ``index``
+    ([N] float, the previous frame's k), a row keeps its k while that component is at least
+    ROTATION_KEEP of the largest (a changed k changes every value: an escaped interframe row)."""
+    k = unit.abs().argmax(1)  # [N]
+    if index is not None:
+        previous = index.long()
+        keep = unit.gather(1, previous[:, None])[:, 0].abs() >= ROTATION_KEEP * unit.gather(1, k[:, None])[:, 0].abs()
+        k = torch.where(keep, previous, k)
+    unit = torch.where(unit.gather(1, k[:, None]) < 0, -unit, unit)
+    rest = torch.ones_like(unit, dtype=torch.bool).scatter_(1, k[:, None], False)
+    return torch.cat([k[:, None].to(unit.dtype), unit[rest].view(-1, 3)], 1)
 
 
 def _normalised(q: torch.Tensor) -> torch.Tensor:  # [N, 4] -> [N, 4], zero rows -> (1, 0, 0, 0)
@@ -397,19 +421,21 @@ def _normalised(q: torch.Tensor) -> torch.Tensor:  # [N, 4] -> [N, 4], zero rows
     return torch.where(norm > 0, q / norm.clamp(min=1e-30), identity)
 
 
-def _group_steps(quality: Quality, feats: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Scalar quantisation step of each group in its feature's units, 0 for vector quantisation."""
-    shared = {"rotation": quality.rotation, "scale": quality.scale, "opacity": quality.opacity,
+def _group_steps(quality: Quality, feats: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Scalar quantisation steps [D] of each group in its feature's units, 0 for vector
+    quantisation (rotation: 1 for the index k, the preset's step for the three components)."""
+    shared = {"rotation": [1.0] + [quality.rotation] * 3, "scale": quality.scale, "opacity": quality.opacity,
               "sh0": quality.colour / 255 / C0}
-    return {name: shared.get(name, quality.sh_rest) for name in feats}
+    return {name: np.broadcast_to(np.asarray(shared.get(name, quality.sh_rest), np.float64), x.shape[1:])
+            for name, x in feats.items()}
 
 
-def _scalar_quantiser(x: torch.Tensor, step: float) -> tuple[np.ndarray, type]:
+def _scalar_quantiser(x: torch.Tensor, step: np.ndarray) -> tuple[np.ndarray, type]:
     """Offset and step of a group's uniform quantiser, [2, D] float32 (payload ``scalar``), and
     the values' type: uint8 when 255 steps cover the rows' range widened by SCALAR_MARGIN of it
     on each side, else uint16.
 
-    Per dimension of ``x`` [N, D]: the step is ``step``, or larger where the type's 255 or
+    Per dimension of ``x`` [N, D]: the step is ``step`` [D], or larger where the type's 255 or
     65,535 steps would not cover the range; a uint8 range is centred in the 256 levels, a
     uint16 one starts SCALAR_MARGIN of it above the offset (the spare levels are the room later
     frames of the GOP have before a keyframe is needed)."""

@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { decodeStream, WireArray } from "../../splatcast/server/static/js/protocol.mjs";
-import { CodecError, FrameDecoder, reconstruct } from "../../splatcast/server/static/js/codec.mjs";
+import { CODEC_NAME, CODEC_VERSION, CodecError, FrameDecoder, checkCodec, reconstruct } from "../../splatcast/server/static/js/codec.mjs";
 
 const VECTORS = fileURLToPath(new URL("../../tests/vectors/", import.meta.url));
 const FIELDS = ["means", "scales", "quats", "opacities", "sh0", "shN"];
@@ -92,4 +92,10 @@ test("morton codes of 2^63 or more are errors", { skip: !existsSync(`${VECTORS}c
   assert.ok(w <= 8);
   overflow((p) => { p[7 * n] = 0x80; }); // one delta >= 2^63
   overflow((p) => { p[7 * n] = 0x40; p[7 * n + 1] = 0x40; }); // two deltas >= 2^62: the code reaches 2^63
+});
+
+test("checkCodec accepts this codec version only", () => {
+  checkCodec(CODEC_NAME, CODEC_VERSION);
+  assert.throws(() => checkCodec(CODEC_NAME, CODEC_VERSION - 1), /version 3 is not supported/);
+  assert.throws(() => checkCodec("other", CODEC_VERSION), CodecError);
 });

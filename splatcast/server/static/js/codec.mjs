@@ -14,6 +14,15 @@ export class CodecError extends Error {
   }
 }
 
+export const CODEC_NAME = "splatcast-vq";
+export const CODEC_VERSION = 4; // the payload layout this decoder reads (Python: codec/config.py)
+
+/** Throws CodecError unless a stream header's codec and codec_version are this decoder's. */
+export function checkCodec(codec, version) {
+  need(codec === CODEC_NAME, `codec ${JSON.stringify(codec)} is not ${CODEC_NAME}`);
+  need(version === CODEC_VERSION, `${CODEC_NAME} stream version ${version} is not supported: this decoder reads version ${CODEC_VERSION} only`);
+}
+
 /** Attribute groups -> vector length D; shN_b is SH band b, coefficient-major. */
 export const GROUP_DIMS = { rotation: 4, scale: 3, opacity: 1, sh0: 3, shN_1: 9, shN_2: 15, shN_3: 21 };
 const MAX_Q = 2 ** 24;
@@ -458,26 +467,47 @@ function predicted(state, n, p) {
 }
 
 /** Values [N*D] of a group of a decoder state: codebook rows, or for a scalar-quantised group
- * offset + float32(q * step) with float32 roundings as numpy's (as for means). */
+ * offset + float32(q * step) with float32 roundings as numpy's (as for means); the rotation
+ * group's values become quaternions (see quaternions). */
 function gather(state, name) {
   const n = state.n, ids = state.codes[name];
   const sq = state.scalar[name];
+  let out;
   if (sq) {
     const { dim, offset, step } = sq;
-    const out = new Float32Array(n * dim);
+    out = new Float32Array(n * dim);
     for (let d = 0; d < dim; d++) {
       const o = offset[d], s = step[d];
       for (let i = 0; i < n; i++) out[i * dim + d] = o + Math.fround(ids[d * n + i] * s);
     }
-    return out;
+  } else {
+    const { dim, data } = state.books[name];
+    out = new Float32Array(n * dim);
+    for (let i = 0; i < n; i++) {
+      const src = ids[i] * dim;
+      for (let d = 0; d < dim; d++) out[i * dim + d] = data[src + d];
+    }
   }
-  const { dim, data } = state.books[name];
-  const out = new Float32Array(n * dim);
-  for (let i = 0; i < n; i++) {
-    const src = ids[i] * dim;
-    for (let d = 0; d < dim; d++) out[i * dim + d] = data[src + d];
+  return name === "rotation" ? quaternions(out) : out;
+}
+
+/** Quaternions wxyz [N*4] from the rotation group's values (k, a, b, c) [N*4], in place: the
+ * "smallest three" (Python twin: decoder.quaternions). k, rounded half to even and clipped to
+ * 0..3, is the slot of the largest component, sqrt(max(0, 1 - (a*a + b*b) - c*c)) in float32;
+ * a, b, c fill the other slots in order. */
+function quaternions(v) {
+  const f = Math.fround;
+  for (let i = 0; i < v.length; i += 4) {
+    const r = Math.round(v[i]);
+    const half = Math.abs(v[i] % 1) === 0.5; // numpy's rint rounds halves to even
+    const k = Math.min(3, Math.max(0, half ? 2 * Math.round(v[i] / 2) : r));
+    const a = v[i + 1], b = v[i + 2], c = v[i + 3];
+    const s = f(f(f(a * a) + f(b * b)) + f(c * c));
+    const largest = f(Math.sqrt(Math.max(f(1 - s), 0)));
+    const rest = [a, b, c];
+    for (let j = 0, o = 0; j < 4; j++) v[i + j] = j === k ? largest : rest[o++];
   }
-  return out;
+  return v;
 }
 
 /** Means of a decoder state: Float32Array [N*3] = origin + float32(q) * step, each operation
@@ -497,13 +527,13 @@ export function stateMeans(state, means = new Float32Array(state.n * 3)) {
 /** The packing view of a decoder state (pack.mjs' StatePacker reads it): `codebooks` {group:
  * {rows, dim, data}} and `ids` {group: [N] row of each Gaussian}. Vector-quantised groups show
  * their codebook and ids (the state's own arrays, changed in place by interframes); a
- * scalar-quantised group shows its decoded values as an N-row table with ids 0..N-1 (a new
- * table each frame). Reuses `previous`'s identity ids when N is the same. */
+ * scalar-quantised group, and the rotation group, show their decoded values as an N-row table
+ * with ids 0..N-1 (a new table each frame). Reuses `previous`'s identity ids when N is the same. */
 function withView(state, previous) {
   const codebooks = {}, ids = {};
   let identity = previous && previous.n === state.n ? previous.identity : null;
   for (const name of Object.keys(state.codes)) {
-    if (name in state.books) {
+    if (name in state.books && name !== "rotation") { // rotation: its quaternions (gather)
       codebooks[name] = state.books[name];
       ids[name] = state.codes[name];
     } else {

@@ -11,7 +11,7 @@
 //   {kind: "skipped", index, frameType} (waiting for a keyframe) | {kind: "end", frameCount} |
 //   {kind: "error", message} | {kind: "closed", code, reason}.
 import { MessageSplitter, decodeBody } from "./protocol.mjs";
-import { FrameDecoder, stateMeans } from "./codec.mjs";
+import { FrameDecoder, checkCodec, stateMeans } from "./codec.mjs";
 import { SH_WORDS, StatePacker, robustBounds } from "./pack.mjs";
 
 let ws = null;
@@ -80,9 +80,17 @@ function handle(body) {
   }
   if (msg.t === "header") {
     const { t, ...header } = msg;
+    try {
+      checkCodec(header.codec, header.codec_version);
+    } catch (e) { // a stream this page cannot decode (e.g. an older codec version)
+      decoder = null; // frames already received are dropped
+      post({ kind: "error", message: String(e.message || e) });
+      ws?.close(4000, "unsupported codec");
+      return;
+    }
     decoder = new FrameDecoder();
     post({ kind: "header", header });
-  } else if (msg.t === "frame") {
+  } else if (msg.t === "frame" && decoder) {
     if (decoder.state === null && msg.frame_type !== "keyframe") {
       post({ kind: "skipped", index: msg.index, frameType: msg.frame_type });
       return;
