@@ -373,3 +373,22 @@ def test_smallest_three_round_trip():
     odd = np.array([[-3.0, 0.1, 0.2, 0.3], [7.6, 0.9, 0.9, 0.9], [1.4, 0, 0, 0]], np.float32)
     np.testing.assert_allclose(quaternions(odd), [[np.sqrt(np.float32(0.86)), 0.1, 0.2, 0.3],
                                                   [0.9, 0.9, 0.9, 0], [0, 1, 0, 0]], rtol=1e-6)
+
+
+def test_update_checks_without_building_and_decode_resumes(tile_frames):
+    """``FrameDecoder.update`` advances the state as ``decode`` does (a bad payload is refused the
+    same way); a later ``decode`` builds the frame from that state, equal to a full decode."""
+    encoder = FrameEncoder(CodecConfig(gop=10, device="cpu"))
+    encoded = [encoder.encode(f) for f in tile_frames[:4]]
+    assert [e.frame_type for e in encoded] == ["keyframe"] + ["interframe"] * 3
+    full, checking = FrameDecoder(), FrameDecoder()
+    for i, e in enumerate(encoded):
+        want = full.decode(e.frame_type, e.num_gaussians, e.payload)
+        if i < 2:
+            state = checking.update(e.frame_type, e.num_gaussians, e.payload)
+            assert state is checking.state and state.sh_degree == tile_frames[0].sh_degree
+        else:
+            assert identical(checking.decode(e.frame_type, e.num_gaussians, e.payload), want)
+        assert identical(e.reconstruction, want)
+    with pytest.raises(CodecError):
+        checking.update("interframe", encoded[1].num_gaussians - 1, encoded[1].payload)

@@ -158,34 +158,41 @@ def quaternions(v: np.ndarray) -> np.ndarray:
     s += c * c
     np.subtract(np.float32(1), s, out=s)
     np.maximum(s, np.float32(0), out=s)
-    largest = np.sqrt(s)  # [N] float32
-    out = np.empty((len(v), 4), np.float32)
-    for j in range(4):  # slot j: the largest (k == j), else a, b, c in order (v[:, j + 1] before k)
-        out[:, j] = np.where(k == j, largest, np.where(k > j, v[:, min(j + 1, 3)], v[:, max(j, 1)]))
-    return out
+    rows = np.concatenate([np.sqrt(s)[:, None], v[:, 1:]], 1)  # [N, 4] float32: largest, a, b, c
+    return np.take_along_axis(rows, _SLOTS[k], 1)
+
+
+_SLOTS = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [1, 2, 0, 3], [1, 2, 3, 0]])
+"""[4, 4]: for k, the column of (largest, a, b, c) that each quaternion slot takes."""
 
 
 class FrameDecoder:
     """Stateful decoder, one per subscriber; may start at any keyframe.
 
     ``decode(frame_type, num_gaussians, payload) -> GaussianFrame`` (tensors on ``device``, in
-    the codec's order: Morton order of the last keyframe or intra frame). Raises ``CodecError``
-    for an intra or interframe before a keyframe and for any payload inconsistent with itself or
-    with ``num_gaussians``; the state is left unchanged then. Tensors that an interframe does
-    not change are shared with the previous decoded frame: treat decoded frames as read-only.
+    the codec's order: Morton order of the last keyframe or intra frame); ``update`` (same
+    arguments) checks a frame and advances the state without building it. Both raise
+    ``CodecError`` for an intra or interframe before a keyframe and for any payload
+    inconsistent with itself or with ``num_gaussians``; the state is left unchanged then.
+    Tensors that an interframe does not change are shared with the previous decoded frame:
+    treat decoded frames as read-only.
     """
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.state: DecoderState | None = None
-        self._frame: GaussianFrame | None = None  # the last decoded frame, on the CPU
+        self._last: tuple[DecoderState, GaussianFrame] | None = None  # last decoded state and frame (CPU)
+
+    def update(self, frame_type: str, num_gaussians: int, payload: dict) -> DecoderState:
+        """The state after this frame (validated; the frame is not reconstructed)."""
+        self.state = decode_payload(self.state, frame_type, num_gaussians, payload)
+        return self.state
 
     def decode(self, frame_type: str, num_gaussians: int, payload: dict) -> GaussianFrame:
-        state = decode_payload(self.state, frame_type, num_gaussians, payload)
-        # (state and frame are set together: both None before the first frame, both set after)
-        previous = (self.state, self._frame) if self.state is not None and self._frame is not None else None
-        self.state, self._frame = state, reconstruct(state, previous)
-        return self._frame.to(self.device)
+        previous = self._last if self._last is not None and self._last[0] is self.state else None
+        state = self.update(frame_type, num_gaussians, payload)
+        self._last = state, reconstruct(state, previous)
+        return self._last[1].to(self.device)
 
 
 # --- frame types -------------------------------------------------------------------------------
@@ -431,15 +438,13 @@ def unpack_small(codes: np.ndarray, escaped: np.ndarray, what: str) -> np.ndarra
         raise CodecError(f"{what}: codes must be below 3**{d} or {ESCAPE}")
     if int(esc.sum()) != escaped.shape[1]:
         raise CodecError(f"{what}: {int(esc.sum())} escape codes for {escaped.shape[1]} escaped rows")
-    out = np.empty((d, len(codes)), np.int64)
-    for j in range(d):
-        out[j] = _SMALL_ROWS[j][codes]
-    out[:, esc] = escaped
-    return out
+    out = _SMALL_ROWS[:, :d].take(codes, axis=0)  # [M, D]
+    out[esc] = escaped.T
+    return out.T
 
 
-_SMALL_ROWS = (np.arange(256)[None] // 3 ** np.arange(SMALL_DIMS)[:, None] % 3 - 1).astype(np.int64)
-"""[SMALL_DIMS, 256] int64: value j of each small-rows code (``unpack_small``; codes at or
+_SMALL_ROWS = (np.arange(256)[:, None] // 3 ** np.arange(SMALL_DIMS)[None] % 3 - 1).astype(np.int64)
+"""[256, SMALL_DIMS] int64: the values of each small-rows code (``unpack_small``; codes at or
 above 3**D are refused before they are looked up)."""
 
 

@@ -29,6 +29,7 @@ from splatcast.codec.decoder import (
     id_dtype,
     previous_grid,
     ranked,
+    reconstruct,
 )
 from splatcast.codec.frame import C0, GaussianFrame
 
@@ -72,7 +73,7 @@ class EncodedFrame:
 
     - ``frame_type``: one of FRAME_TYPES; ``num_gaussians``: N.
     - ``payload``: dict of numpy arrays / int / float / str / bool / nested dicts (docs/CODEC.md).
-    - ``reconstruction``: exactly what ``FrameDecoder("cpu")`` returns for this frame.
+    - ``state``: the decoder state after this frame (what every decoder holds then).
     - ``source_rows``: [N] int64, the input row of each decoded Gaussian (decoded Gaussians come
       out in the codec's Morton order; ``input[source_rows]`` lines up with the reconstruction).
     """
@@ -80,8 +81,14 @@ class EncodedFrame:
     frame_type: str
     num_gaussians: int
     payload: dict
-    reconstruction: GaussianFrame
+    state: DecoderState
     source_rows: np.ndarray
+
+    @property
+    def reconstruction(self) -> GaussianFrame:
+        """Exactly what ``FrameDecoder("cpu")`` returns for this frame (built on each access:
+        the encoder itself does not need it)."""
+        return reconstruct(self.state)
 
 
 class FrameEncoder:
@@ -138,8 +145,12 @@ class FrameEncoder:
             ids = self._assign(feats)
             if not self._drifted() and self._fits(ids):
                 inter = self._interframe(state, means, ids) if n == state.num_gaussians else None
-                # an intra frame is only tried when an interframe is not clearly smaller
-                try_intra = inter is None or inter[0] > INTRA_TRIAL * self._intra_bpg * n
+                # an intra frame is only tried when an interframe is not clearly smaller (its raw
+                # bytes bound its zstd size: compressed only when that does not settle it)
+                bound = INTRA_TRIAL * self._intra_bpg * n
+                if inter is not None and inter[0] > bound:
+                    inter = (_size(inter[2]), *inter[1:])
+                try_intra = inter is None or inter[0] > bound
                 # voxelised captures: a predicted interframe (kept voxels, new ones), and an intra
                 # frame only when it is not smaller than the last keyframe or intra frame
                 pred = self._predicted(state, means, ids) if try_intra and self._lattice else None
@@ -155,9 +166,9 @@ class FrameEncoder:
         if kind != "interframe":
             positions_and_ids = {k: payload[k] for k in ("morton", "ids")}
             self._intra_bpg = _size(positions_and_ids) / max(n, 1)
-        recon = self._decoder.decode(kind, n, payload)
+        state = self._decoder.update(kind, n, payload)
         self._order, self._feats, self._ids, self._dist = order, feats, ids, self._new_dist
-        return EncodedFrame(kind, frame.num_gaussians, payload, recon, order)
+        return EncodedFrame(kind, frame.num_gaussians, payload, state, order)
 
     # --- frame types ---------------------------------------------------------------------------
 
@@ -271,34 +282,44 @@ class FrameEncoder:
 
     def _interframe(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]
                     ) -> _Candidate | None:
-        """An interframe against ``state`` (the decoder's), or None if a move leaves the grid."""
+        """An interframe against ``state`` (the decoder's), or None if a move leaves the grid;
+        its size is the payload arrays' raw bytes (``encode`` compresses it when needed)."""
         order = self._order
         unit = self._unit
         err = means.take(order, axis=0)  # [N, 3]; then (means - origin) / step - q, in place
         err -= state.origin.astype(np.float64)
         err /= float(state.step)
+        # grid coordinates within MAX_Q - unit/2: every new q (within unit/2 of them) stays
+        # within MAX_Q, and the moves (below 2 MAX_Q + unit) fit an int32
+        if len(err) and max(err.max(), -err.min()) + unit / 2 >= MAX_Q:
+            return None
         err -= state.q
         over = np.abs(err) > unit / 2  # [N, 3] errors that would exceed unit/2 steps
         mask = over[:, 0] | over[:, 1] | over[:, 2]  # [N] rows to move (numpy's any(1) is ~10x slower)
         rows = np.flatnonzero(mask)
-        moves = np.rint(err.take(rows, axis=0) / unit).astype(np.int64)  # [M, 3]
-        if moves.size and np.abs(state.q.take(rows, axis=0) + moves * unit).max() >= MAX_Q:
-            return None
+        moves = np.rint(err.take(rows, axis=0) / unit).astype(np.int32)  # [M, 3]
         delta = np.diff(moves.T, axis=1, prepend=0)  # [3, M] differences along codec order
         pos_small, escaped = _small_rows(delta)
         id_masks, id_small, id_values = {}, {}, {}
-        for name, cur in self._ids_in_order(ids, order).items():
+        # groups whose ids are the previous frame's very tensor (``_assign``) change no row
+        changes = self._ids_in_order({name: v for name, v in ids.items() if v is not self._ids.get(name)}, order)
+        for name in ids:
             prev = state.ids[name]  # [N] ids or [D, N] scalar values
+            if name not in changes:
+                id_masks[name], id_values[name] = _pack(np.zeros(len(order), bool)), np.ascontiguousarray(prev[..., :0])
+                continue
+            cur = changes[name]
             changed = cur != prev if cur.ndim == 1 else (cur != prev).any(0)
             id_masks[name] = _pack(changed)
-            v = np.ascontiguousarray(cur[..., changed] - prev[..., changed])  # wraps
+            changed_rows = np.flatnonzero(changed)  # (take is faster than a boolean index)
+            v = cur.take(changed_rows, axis=-1) - prev.take(changed_rows, axis=-1)  # wraps
             id_values[name] = v
             if v.ndim == 2 and v.shape[0] <= SMALL_DIMS and v.shape[1]:
                 codes, rest = _small_rows(v.view(np.int8 if v.dtype == np.uint8 else np.int16))
                 id_small[name], id_values[name] = codes, np.ascontiguousarray(rest.astype(v.dtype))
         payload = dict(unit=unit, pos_mask=_pack(mask), pos_small=pos_small, pos_delta=_narrow_int(escaped),
                        id_masks=id_masks, id_small=id_small, id_values=id_values)
-        return _size(payload), "interframe", payload, order
+        return sum(a.nbytes for a in _arrays(payload)), "interframe", payload, order
 
     # --- attributes ----------------------------------------------------------------------------
 
@@ -323,10 +344,12 @@ class FrameEncoder:
         chosen): fewer id changes, less time. Sets ``self._new_dist``."""
         out, self._new_dist = {}, {}
         for name, x in feats.items():
-            if name in self._scalar:
-                out[name] = self._quantise(name, x)
+            prev = self._feats.get(name)
+            if name in self._scalar:  # the previous values when no row changed
+                same = not full and prev is not None and prev.shape == x.shape and torch.equal(x, prev)
+                out[name] = self._ids[name] if same else self._quantise(name, x)
                 continue
-            books, prev = self._books[name], self._feats.get(name)
+            books = self._books[name]
             if full or prev is None or prev.shape != x.shape:
                 ids = kmeans.assign(x, books)
                 out[name], self._new_dist[name] = ids, _sqdist(x, books, ids)
@@ -405,14 +428,15 @@ def _smallest_three(unit: torch.Tensor, index: torch.Tensor | None = None) -> to
     keyframe rotation bytes on the shared sequences, docs/CODEC.md section 14). With ``index``
     ([N] float, the previous frame's k), a row keeps its k while that component is at least
     ROTATION_KEEP of the largest (a changed k changes every value: an escaped interframe row)."""
-    k = unit.abs().argmax(1)  # [N]
+    magnitude = unit.abs()
+    k = magnitude.argmax(1)  # [N]
     if index is not None:
         previous = index.long()
-        keep = unit.gather(1, previous[:, None])[:, 0].abs() >= ROTATION_KEEP * unit.gather(1, k[:, None])[:, 0].abs()
+        keep = magnitude.gather(1, previous[:, None])[:, 0] >= ROTATION_KEEP * magnitude.gather(1, k[:, None])[:, 0]
         k = torch.where(keep, previous, k)
-    unit = torch.where(unit.gather(1, k[:, None]) < 0, -unit, unit)
-    rest = torch.ones_like(unit, dtype=torch.bool).scatter_(1, k[:, None], False)
-    return torch.cat([k[:, None].to(unit.dtype), unit[rest].view(-1, 3)], 1)
+    sign = torch.where(unit.gather(1, k[:, None]) < 0, -1.0, 1.0)  # [N, 1]
+    others = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]], device=unit.device)
+    return torch.cat([k[:, None].to(unit.dtype), unit.gather(1, others[k]) * sign], 1)
 
 
 def _normalised(q: torch.Tensor) -> torch.Tensor:  # [N, 4] -> [N, 4], zero rows -> (1, 0, 0, 0)
@@ -547,14 +571,16 @@ def _small_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # v + 1 as uint8 (clipped first): 0..2 for a small value, 3 or 255 for another. Row by row
     # (D <= 5 rows of M) in uint8: at most 2 x (1 + 3 + ... + 3**4) = 242 for a small column;
     # the others wrap, and are replaced by ESCAPE
-    u = (np.clip(v, -2, 2) + 1).astype(np.uint8)  # [D, M]
+    u = np.clip(v, -2, 2).astype(np.uint8)  # [D, M]; -2 and -1 wrap to 254 and 255
+    u += 1
     small = np.ones(v.shape[1], bool)
     codes = np.zeros(v.shape[1], np.uint8)
     for j, row in enumerate(u):
         small &= row <= 2
         codes += row * np.uint8(3**j)
-    codes[~small] = ESCAPE
-    return codes, np.ascontiguousarray(v[:, ~small])
+    escaped = np.flatnonzero(~small)
+    codes[escaped] = ESCAPE
+    return codes, v.take(escaped, axis=1)
 
 
 def _narrow_int(a: np.ndarray) -> np.ndarray:

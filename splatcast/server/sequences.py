@@ -358,9 +358,9 @@ class Sequences:
         decoder = FrameDecoder() if keyframe else previous or self._rebuild_decoder(info)
         sh_degree = header.sh_degree if header is not None else info.sh_degree
         try:
-            frame = decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
-            error = None if frame.sh_degree == sh_degree else \
-                f"frame {index} has SH degree {frame.sh_degree}, the sequence has {sh_degree}"
+            state = decoder.update(msg.frame_type, msg.num_gaussians, msg.payload)
+            error = None if state.sh_degree == sh_degree else \
+                f"frame {index} has SH degree {state.sh_degree}, the sequence has {sh_degree}"
         except CodecError as e:
             error = f"frame {index} does not decode: {e}"
         if error is not None:
@@ -375,20 +375,21 @@ class Sequences:
         record = FrameRecord(index=index, frame_type=msg.frame_type, num_gaussians=msg.num_gaussians,
                              raw_bytes=len(body), sha256=digest.result(), encode_ms=check_ms, received_at=received_at)
         record = self.storage.append(info.id, record, message, header=bytes(view[:header_bytes]) or None,
-                                     sh_degree=frame.sh_degree, fence=fence)
+                                     sh_degree=state.sh_degree, fence=fence)
         self._decoders[info.id] = decoder  # trusted again: everything it decoded is stored
         return record, message
 
     def _rebuild_decoder(self, info: SequenceInfo) -> FrameDecoder:
         """A decoder at the end of the stored stream: the stored open GOP (from the last keyframe)
-        decoded again (blocking: storage reads; at 250k Gaussians about 40 ms a frame on a CPU)."""
+        checked again (``FrameDecoder.update``; blocking: storage reads, at 250k Gaussians about
+        20-30 ms a frame on a CPU)."""
         decoder = FrameDecoder()
         if info.keyframes:
             rows = self.storage.frames(info.id, info.keyframes[-1])
             data = self.storage.read(info.id, rows[0].offset, rows[-1].offset + rows[-1].length - rows[0].offset)
             for msg in StreamDecoder(self.limits).feed(data):
                 assert isinstance(msg, FrameMessage)
-                decoder.decode(msg.frame_type, msg.num_gaussians, msg.payload)
+                decoder.update(msg.frame_type, msg.num_gaussians, msg.payload)
         return decoder
 
     async def finish(self, seq_id: str, takeover: bool = False) -> SequenceInfo:
