@@ -11,7 +11,8 @@ decoder gives the same bytes; tests/test_web_decoder.py checks that Python still
   first 2,000 Gaussians: a keyframe, then interframes (same count, rows correspond). A fine
   explicit step (2e-5) makes Morton deltas need 8 byte planes and position deltas wide ints.
 - `codec_tracked_high`: the same frames at quality "high" (SH rest bands scalar-quantised
-  instead of vector-quantised as in the others, which use the default "standard").
+  instead of vector-quantised as in the others, which use the default "standard"), with
+  interframe unit 3 (tolerance 1): positions and scalar values change in multiples of 3 steps.
 - `codec_untracked`: 3 loot frames (SH degree 0), every 24th voxel (about 2,000 Gaussians):
   a keyframe, then intra frames (the count changes every frame).
 - `codec_predicted`: 4 loot frames, the voxels above y = 1.45 m (about 7,000, a spatial crop so
@@ -47,7 +48,7 @@ OUT = REPO / "tests" / "vectors"
 SHARED = Path(os.environ.get("SPLATCAST_SHARED", REPO.parent / "shared"))
 CONFIG = CodecConfig(gop=30, codebook_size=64, seed=0, device="cpu")
 FINE = CodecConfig(gop=30, codebook_size=64, step=2e-5, seed=0, device="cpu")
-HIGH = CodecConfig(gop=30, quality="high", seed=0, device="cpu")
+HIGH = CodecConfig(gop=30, quality="high", tolerance=1, seed=0, device="cpu")
 PREDICTED = CodecConfig(gop=30, codebook_size=256, seed=0, device="cpu")
 FPS = 30.0
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")

@@ -392,3 +392,22 @@ def test_update_checks_without_building_and_decode_resumes(tile_frames):
         assert identical(e.reconstruction, want)
     with pytest.raises(CodecError):
         checking.update("interframe", encoded[1].num_gaussians - 1, encoded[1].payload)
+
+
+def test_interframe_unit_bounds_scalar_values(tile_frames):
+    """With ``unit`` 3 (tolerance 1) interframes change scalar values in multiples of 3 steps,
+    within 3 steps / 2 of the input (positions likewise), and send fewer bytes than unit 1."""
+    sizes = {}
+    for tolerance in (0, 1):
+        out = round_trip(tile_frames[:4], CodecConfig(quality="high", tolerance=tolerance, device="cpu"))
+        key = out[0][0].payload
+        sizes[tolerance] = sum(size for *_, size in out[1:])
+        for i, (enc, dec, err, _) in enumerate(out):
+            unit = enc.payload.get("unit", 1)
+            assert unit == (2 * tolerance + 1 if i else 1)
+            assert err["position_max_abs"] <= position_bound(enc, key["step"])
+            ref = rows(tile_frames[i], enc.source_rows)
+            for name, got, want in (("sh0", dec.sh0, ref.sh0), ("scale", dec.scales, ref.scales)):
+                step = torch.from_numpy(key["scalar"][name][1].astype(np.float32))
+                assert ((got - want).abs() <= unit * step / 2 + 1e-5).all(), (i, name)
+    assert sizes[1] < 0.8 * sizes[0], sizes

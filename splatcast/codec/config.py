@@ -86,9 +86,9 @@ class CodecConfig:
     - ``alpha``: position step = ``alpha`` x the 5 % quantile of nearest-neighbour distances
       (the rule of gsvvcompressor), used when ``step`` is None; None: the preset's.
     - ``step``: explicit position step in scene units, or None to derive it per keyframe.
-    - ``tolerance``: interframe dead zone in steps: a Gaussian's position is resent when its
-      error would exceed ``(tolerance + 0.5) * step``, in moves of ``2 * tolerance + 1`` steps.
-      None (default): 0, the keyframe's bound step/2 (a flat GOP).
+    - ``tolerance``: interframe dead zone in steps: a Gaussian's position (a scalar value) is
+      resent when its error would exceed ``(tolerance + 0.5) * step``, in moves (changes) of
+      ``2 * tolerance + 1`` steps. None (default): 0, the keyframe's bound step/2 (a flat GOP).
     - ``step_scale``: multiplies every step of the preset (the position ``alpha`` included;
       an explicit ``step`` is not scaled), 0.01..100, default 1; >1 coarser: fewer bytes,
       lower quality. A continuous knob between and beyond the presets (rate control turns it).

@@ -275,6 +275,8 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
         if not len(rows):
             ids[name] = old  # state arrays are never written in place
             continue
+        if unit > 1 and name in state.scalar:  # scalar values change in units, modulo 2**8 or 2**16
+            v = v * old.dtype.type(unit % (1 << 8 * old.itemsize))
         changed = old[..., rows] + v  # differences from the previous values, modulo 2**8 or 2**16
         if name in state.codebooks:
             _check_ids(changed, state.codebooks[name].shape[0], f"id_values.{name}")

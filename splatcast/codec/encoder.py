@@ -101,6 +101,11 @@ class FrameEncoder:
     an interframe (changes against the previous reconstruction, rows matched by input index)
     is sent. Raises ``CodecError`` for a change of SH degree or non-finite values.
 
+    ``unit`` (an int >= 1, set to ``2 * tolerance + 1`` by every keyframe, 1 by default) is the
+    step of the next interframes' changes: positions and scalar-quantised values change in
+    multiples of ``unit`` steps, when their error would exceed unit / 2 steps (docs/CODEC.md
+    section 6); a rate controller may set it before any frame (``splatcast.codec.rate``).
+
     One encoder serves one thread at a time; encoders of different sequences may run in
     parallel threads (they share no mutable state).
     """
@@ -122,7 +127,7 @@ class FrameEncoder:
         self._lattice = False  # whether the keyframe's positions lie on a lattice
         self._inverse: dict[str, np.ndarray] = {}  # name -> [K, K] rank of id b in row a of rank_table
         self._intra_bpg = 0.0  # zstd bytes per Gaussian of the last keyframe/intra positions + ids
-        self._unit = 1  # interframe position unit and dead zone (unit / 2), in steps
+        self.unit = 1  # interframe unit of positions and scalar values (dead zone unit / 2), in steps
         self._limits: dict[str, float] = {}  # name -> L, see _limit
         self._feats: dict[str, torch.Tensor] = {}  # previous input's features, input order
         self._ids: dict[str, torch.Tensor] = {}  # previous input's ids [N] / scalar values [N, D]
@@ -173,7 +178,7 @@ class FrameEncoder:
     # --- frame types ---------------------------------------------------------------------------
 
     def _keyframe(self, means: np.ndarray, feats: dict[str, torch.Tensor]):
-        step, self._unit, lattice = _step_and_unit(means, self.config)
+        step, self.unit, lattice = _step_and_unit(means, self.config)
         self._lattice, self._inverse = lattice, {}
         origin, order, planes = _positions(means, step)
         codebooks, scalar, self._scalar = {}, {}, {}
@@ -285,7 +290,7 @@ class FrameEncoder:
         """An interframe against ``state`` (the decoder's), or None if a move leaves the grid;
         its size is the payload arrays' raw bytes (``encode`` compresses it when needed)."""
         order = self._order
-        unit = self._unit
+        unit = self.unit
         err = means.take(order, axis=0)  # [N, 3]; then (means - origin) / step - q, in place
         err -= state.origin.astype(np.float64)
         err /= float(state.step)
@@ -313,6 +318,9 @@ class FrameEncoder:
             id_masks[name] = _pack(changed)
             changed_rows = np.flatnonzero(changed)  # (take is faster than a boolean index)
             v = cur.take(changed_rows, axis=-1) - prev.take(changed_rows, axis=-1)  # wraps
+            if unit > 1 and name in self._scalar:  # in units (exact: ``_quantise``), then wrapped
+                diff = cur.take(changed_rows, axis=-1).astype(np.int64) - prev.take(changed_rows, axis=-1)
+                v = (diff // unit).astype(cur.dtype)
             id_values[name] = v
             if v.ndim == 2 and v.shape[0] <= SMALL_DIMS and v.shape[1]:
                 codes, rest = _small_rows(v.view(np.int8 if v.dtype == np.uint8 else np.int16))
@@ -336,8 +344,8 @@ class FrameEncoder:
                    for name, v in ids.items() if name in self._scalar)
 
     def _assign(self, feats: dict[str, torch.Tensor], full: bool = False) -> dict[str, torch.Tensor]:
-        """Scalar values q = round((x - offset) / step) [N, D] int64 of the scalar-quantised
-        groups (may fall outside the group's type: see ``_fits``), and codebook ids [N] int64 of
+        """Scalar values q [N, D] int64 of the scalar-quantised groups (``_quantise``; may fall
+        outside the group's type: see ``_fits``), and codebook ids [N] int64 of
         the vector-quantised ones, input order. Ids: unless ``full`` or the count changed,
         a row keeps its previous id while its squared distance to that centroid stays within
         max(L, d0) + HYSTERESIS * L (L: ``_limit``; d0: the row's distance when the id was
@@ -346,8 +354,9 @@ class FrameEncoder:
         for name, x in feats.items():
             prev = self._feats.get(name)
             if name in self._scalar:  # the previous values when no row changed
-                same = not full and prev is not None and prev.shape == x.shape and torch.equal(x, prev)
-                out[name] = self._ids[name] if same else self._quantise(name, x)
+                previous = self._ids[name] if not full and prev is not None and prev.shape == x.shape else None
+                out[name] = (previous if previous is not None and prev is not None and torch.equal(x, prev)
+                             else self._quantise(name, x, previous))
                 continue
             books = self._books[name]
             if full or prev is None or prev.shape != x.shape:
@@ -374,12 +383,18 @@ class FrameEncoder:
             out[name], self._new_dist[name] = ids, dist
         return out
 
-    def _quantise(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Scalar values [N, D] int64 of a scalar-quantised group's rows ``x`` [N, D]:
-        q = round((x - offset) / step) per dimension, in every frame type (so an interframe's
-        error is bounded like the keyframe's: step / 2)."""
+    def _quantise(self, name: str, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar values [N, D] int64 of a scalar-quantised group's rows ``x`` [N, D]: per
+        dimension q = round(u) with u = (x - offset) / step, in every frame type (so an
+        interframe's error is bounded like the keyframe's, step / 2); with ``previous`` [N, D]
+        (the rows' values in the previous frame) and ``unit`` > 1, previous + round((u -
+        previous) / unit) * unit: an interframe changes values in multiples of ``unit``
+        (errors within unit * step / 2)."""
         offset, step, _ = self._scalar[name]
-        return torch.round((x.double() - offset) / step).long()
+        u = (x.double() - offset) / step
+        if previous is None or self.unit == 1:
+            return torch.round(u).long()
+        return previous + torch.round((u - previous) / self.unit).long() * self.unit
 
     def _ids_in_order(self, ids: dict[str, torch.Tensor], order: np.ndarray) -> dict[str, np.ndarray]:
         """Codec order: ids [N] as uint8 (codebooks <= 256 entries) or uint16, scalar values

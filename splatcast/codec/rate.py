@@ -16,8 +16,12 @@ that the GOP would miss its budget by more than RESTART, the GOP restarts at fra
 keyframe sized by the full prediction. On untracked content (intra frames, which cost about
 what a keyframe costs) the controller may also start a GOP early: where the bytes jump between
 two neighbouring scales, it alternates between the scales on either side of the target
-(``RateController._dither``). Within a GOP of interframes nothing can be changed: what tracked
-content does there (faster motion) shows in the windows (docs/CODEC.md, "Rate control").
+(``RateController._dither``). Within a GOP of interframes the knob is the interframe unit
+(``FrameEncoder.unit``: positions and scalar values change in multiples of it): GOPs are sized
+at UNITS[NOMINAL], and after each interframe the unit goes one level up when the GOP's
+interframes are over their share of the budget by more than UNIT_GAIN of a frame's share, one
+level down when under (finer, down to 1), so that tracked content whose motion speeds up or
+slows down within a GOP stays near the budget (docs/CODEC.md, "Rate control").
 
 Cost: each GOP runs up to MAX_TRIALS trials of two encodes (the keyframe and the predicted next
 frame) and deep copies of the encoder, i.e. up to about ten keyframe encodes per GOP.
@@ -61,6 +65,17 @@ switches to a step_scale beyond the jump in bytes (``RateController._dither``)."
 JUMP_MARGIN = 1.05
 """How far beyond the scales found on either side of a jump the dithering goes (the jump moves
 a little from frame to frame)."""
+UNITS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+"""Interframe units the controller steps through (``FrameEncoder.unit``)."""
+NOMINAL = 2
+"""Index in UNITS of the unit a GOP is sized at (3: room to go finer when motion slows down)."""
+UNIT_GAIN = 0.5
+"""The unit changes when a GOP's interframes are more than this many frames' shares over (under)
+their share of the GOP's budget, and the last one too."""
+BIAS_LIMITS = (0.5, 2.0)
+"""Bounds of the correction of a GOP's predicted other-frame bytes on tracked content: the
+geometric mean of the ratios (actual mean / predicted) of the tracked GOPs so far (one frame
+predicts a GOP's motion only roughly; the unit steps absorb part of the error, this the rest)."""
 
 
 @dataclass
@@ -108,6 +123,12 @@ class RateController:
         self._untracked = False  # whether it was coded as untracked content (``_untracked``)
         self._sides: tuple[float, float] | None = None  # step_scales over / under the budget (_keyframe)
         self._slope = SLOPE
+        self._level = NOMINAL  # index in UNITS of the next interframe's unit
+        self._share = 0.0  # bytes per interframe of the GOP's budget, after its keyframe
+        self._surplus = 0.0  # bytes of the GOP's interframes so far minus their shares
+        self._predicted = 0.0  # the GOP's predicted bytes per other frame (its keyframe's trial)
+        self._others: list[int] = []  # bytes of the GOP's other frames so far (-1: untracked)
+        self._ratios: list[float] = []  # ln(actual / predicted) of each GOP's other frames
 
     @property
     def step_scale(self) -> float:
@@ -123,6 +144,7 @@ class RateController:
             # a copy to come back to: at frame 1 (the probe), and after untracked content (the
             # next frame is likely untracked too, and a keyframe in its place costs a little more)
             saved = copy.deepcopy(self.encoder) if index == 1 or self._untracked else None
+            self.encoder.unit = UNITS[self._level]
             enc = self.encoder.encode(frame)
             size = self.wire_size(enc)
             if saved is not None and index == 1 and enc.frame_type != "keyframe":  # end the probe GOP if off
@@ -134,14 +156,33 @@ class RateController:
                 enc, size = self._dither(frame, index, saved, enc, size, self._sides)
         if enc.frame_type == "keyframe":
             self._gop_pos = 1
+            self._level, self._surplus, self._others = NOMINAL, 0.0, []
+            self._share = max(self._budget(index) - size, 0.0) / max(self.config.gop - 1, 1)
         else:
             self._gop_pos += 1
+            self._others.append(size if not _untracked(enc) else -1)  # -1: no correction for this GOP
+            if enc.frame_type == "interframe" and not _untracked(enc):
+                self._step_unit(size)
         self._untracked = _untracked(enc)
         self.stats.sizes.append(size)
         self.stats.scales.append(self.step_scale)
         self._sent += size
         self._prev = frame  # (a reference: frames are not modified)
         return enc
+
+    def _bias(self) -> float:
+        """Correction of a trial's predicted other-frame bytes (BIAS_LIMITS)."""
+        return float(np.clip(math.exp(np.mean(self._ratios)), *BIAS_LIMITS)) if self._ratios else 1.0
+
+    def _step_unit(self, size: int) -> None:
+        """After a tracked interframe of ``size`` bytes: one UNITS level up (coarser) when the
+        GOP's interframes are over their shares by more than UNIT_GAIN shares and this one was
+        over its share, one level down when under likewise."""
+        self._surplus += size - self._share
+        if self._surplus > UNIT_GAIN * self._share and size > self._share:
+            self._level = min(self._level + 1, len(UNITS) - 1)
+        elif self._surplus < -UNIT_GAIN * self._share and size < self._share:
+            self._level = max(self._level - 1, 0)
 
     def _dither(self, frame: GaussianFrame, index: int, saved: FrameEncoder, enc: EncodedFrame, size: int,
                 sides: tuple[float, float]) -> tuple[EncodedFrame, int]:
@@ -177,7 +218,7 @@ class RateController:
                ) -> tuple[FrameEncoder, EncodedFrame, int, float]:
         """``frame`` as a keyframe on a copy of the encoder at ``scale``: (the copy, the frame,
         its wire bytes, predicted wire bytes of each other frame of the GOP). The prediction is
-        the previous input frame encoded next on a second copy (the same motion backwards:
+        the previous input frame encoded next on a second copy, at unit UNITS[NOMINAL] (the same motion backwards:
         an interframe or intra frame like the GOP's next ones); with no previous frame (the
         sequence's first) or unless ``predict``, the keyframe's bytes."""
         trial = copy.deepcopy(self.encoder)
@@ -187,14 +228,18 @@ class RateController:
         size = self.wire_size(enc)
         other = float(size)
         if self._prev is not None and predict:
-            other = float(self.wire_size(copy.deepcopy(trial).encode(self._prev)))
+            after = copy.deepcopy(trial)
+            after.unit = UNITS[NOMINAL]  # as the GOP's interframes start
+            other = float(self.wire_size(after.encode(self._prev)))
         self.stats.trials += 1
         return trial, enc, size, other
 
     def _keyframe(self, frame: GaussianFrame, index: int) -> tuple[EncodedFrame, int]:
         """Trial-encode ``frame`` as a keyframe at a few scales (secant search on ln GOP bytes
         against ln step_scale, bracketed); keep the encoder copy whose predicted GOP bytes are
-        nearest the budget (in ratio)."""
+        nearest the budget (in ratio). The GOP that ends here corrects later predictions."""
+        if self._others and min(self._others) >= 0 and self._predicted > 0:  # tracked content only
+            self._ratios.append(math.log(float(np.mean(self._others)) / self._predicted))
         target = math.log(self._budget(index))
         x = math.log(self.encoder.config.step_scale)
         lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
@@ -202,7 +247,7 @@ class RateController:
         tried: list[tuple[float, float, FrameEncoder, EncodedFrame, int, float]] = []
         for _ in range(MAX_TRIALS):
             trial, enc, size, other = self._trial(frame, _clamp(math.exp(x)))
-            y = math.log(size + (self.config.gop - 1) * other)
+            y = math.log(size + (self.config.gop - 1) * other * self._bias())
             if tried and abs(x - tried[-1][1]) > 1e-6:  # secant slope from the previous trial, bounded
                 self._slope = float(np.clip((y - tried[-1][0]) / (x - tried[-1][1]), *SLOPES))
             tried.append((y, x, trial, enc, size, other))
@@ -220,8 +265,8 @@ class RateController:
             x = nxt
         miss = min(abs(t[0] - target) for t in tried)
         # the nearest, and of trials as near (within 1 %: flat stretches of bytes), the finest
-        y, x, self.encoder, enc, size, _ = min((t for t in tried if abs(t[0] - target) <= miss + 0.01),
-                                               key=lambda t: t[1])
+        y, x, self.encoder, enc, size, self._predicted = min(
+            (t for t in tried if abs(t[0] - target) <= miss + 0.01), key=lambda t: t[1])
         more = [t[1] for t in tried if t[0] > target]  # ln(scale) of trials over the budget
         less = [t[1] for t in tried if t[0] <= target]
         self._sides = (math.exp(max(more)), math.exp(min(less))) if more and less else None

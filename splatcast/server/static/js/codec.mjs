@@ -236,9 +236,9 @@ function movePositions(q, mask, delta, unit, limit) {
 }
 
 /** The k-th set row i of an id mask takes id (ids[i] + values[k]) mod 2^8 or 2^16; for scalar
- * values ([D, N] ids, [D, M] values, n = N) each of the D rows likewise. `rows` = codebook size,
- * or 0 for scalar values (every value is valid: nothing to check). */
-function changeIds(ids, mask, values, rows, what, write, n) {
+ * values ([D, N] ids, [D, M] values, n = N) each of the D rows likewise, values[k] times `unit`.
+ * `rows` = codebook size, or 0 for scalar values (every value is valid: nothing to check). */
+function changeIds(ids, mask, values, rows, what, write, n, unit) {
   const bits = mask.bits, wrap = ids.BYTES_PER_ELEMENT === 1 ? 0xff : 0xffff, m = mask.count;
   const dims = ids.length / Math.max(n, 1);
   if (!write && rows === 0) return;
@@ -246,7 +246,7 @@ function changeIds(ids, mask, values, rows, what, write, n) {
     for (let b = bits[byte]; b; b &= b - 1, k++) {
       const i = 8 * byte + 31 - Math.clz32(b & -b);
       for (let d = 0; d < dims; d++) {
-        const id = (ids[d * n + i] + values[d * m + k]) & wrap;
+        const id = (ids[d * n + i] + values[d * m + k] * unit) & wrap; // exact below 2^53, then mod 2^32
         if (write) ids[d * n + i] = id;
         else if (id >= rows) throw new CodecError(`${what}: id ${id} out of range for a codebook of ${rows}`);
       }
@@ -308,8 +308,9 @@ function interframe(state, n, p) {
     const shape = dims ? [dims, mask.count] : [mask.count];
     return { name, mask, values: array(values, name, [want], shape, `id_values.${name}`).data };
   });
+  const unitOf = (name) => (name in state.scalar ? unit : 1); // VQ ids change by their difference
   for (const { name, mask, values: v } of changes) {
-    changeIds(state.codes[name], mask, v, rowsOf(name), `id_values.${name}`, false, n);
+    changeIds(state.codes[name], mask, v, rowsOf(name), `id_values.${name}`, false, n, unitOf(name));
   }
   const done = movePositions(state.q, moved, delta, unit, moved.count);
   if (done < moved.count) {
@@ -317,7 +318,7 @@ function interframe(state, n, p) {
     throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
   }
   for (const { name, mask, values: v } of changes) {
-    changeIds(state.codes[name], mask, v, rowsOf(name), `id_values.${name}`, true, n);
+    changeIds(state.codes[name], mask, v, rowsOf(name), `id_values.${name}`, true, n, unitOf(name));
   }
   const changedIds = {};
   for (const { name, mask } of changes) changedIds[name] = mask.count ? mask.bits : null;
