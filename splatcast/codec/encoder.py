@@ -317,10 +317,10 @@ class FrameEncoder:
             changed = cur != prev if cur.ndim == 1 else (cur != prev).any(0)
             id_masks[name] = _pack(changed)
             changed_rows = np.flatnonzero(changed)  # (take is faster than a boolean index)
-            v = cur.take(changed_rows, axis=-1) - prev.take(changed_rows, axis=-1)  # wraps
+            new, old = cur.take(changed_rows, axis=-1), prev.take(changed_rows, axis=-1)
+            v = new - old  # wraps
             if unit > 1 and name in self._scalar:  # in units (exact: ``_quantise``), then wrapped
-                diff = cur.take(changed_rows, axis=-1).astype(np.int64) - prev.take(changed_rows, axis=-1)
-                v = (diff // unit).astype(cur.dtype)
+                v = ((new.astype(np.int64) - old) // unit).astype(cur.dtype)
             id_values[name] = v
             if v.ndim == 2 and v.shape[0] <= SMALL_DIMS and v.shape[1]:
                 codes, rest = _small_rows(v.view(np.int8 if v.dtype == np.uint8 else np.int16))
@@ -353,10 +353,12 @@ class FrameEncoder:
         out, self._new_dist = {}, {}
         for name, x in feats.items():
             prev = self._feats.get(name)
-            if name in self._scalar:  # the previous values when no row changed
-                previous = self._ids[name] if not full and prev is not None and prev.shape == x.shape else None
-                out[name] = (previous if previous is not None and prev is not None and torch.equal(x, prev)
-                             else self._quantise(name, x, previous))
+            if name in self._scalar and not full and prev is not None and prev.shape == x.shape:
+                # the previous values when no row changed
+                out[name] = self._ids[name] if torch.equal(x, prev) else self._quantise(name, x, self._ids[name])
+                continue
+            if name in self._scalar:
+                out[name] = self._quantise(name, x)
                 continue
             books = self._books[name]
             if full or prev is None or prev.shape != x.shape:

@@ -21,7 +21,9 @@ two neighbouring scales, it alternates between the scales on either side of the 
 at UNITS[NOMINAL], and after each interframe the unit goes one level up when the GOP's
 interframes are over their share of the budget by more than UNIT_GAIN of a frame's share, one
 level down when under (finer, down to 1), so that tracked content whose motion speeds up or
-slows down within a GOP stays near the budget (docs/CODEC.md, "Rate control").
+slows down within a GOP stays near the budget; and on tracked content each GOP's prediction is
+corrected by how far the earlier GOPs' other frames were from theirs (docs/CODEC.md, "Rate
+control").
 
 Cost: each GOP runs up to MAX_TRIALS trials of two encodes (the keyframe and the predicted next
 frame) and deep copies of the encoder, i.e. up to about ten keyframe encodes per GOP.
@@ -127,7 +129,7 @@ class RateController:
         self._share = 0.0  # bytes per interframe of the GOP's budget, after its keyframe
         self._surplus = 0.0  # bytes of the GOP's interframes so far minus their shares
         self._predicted = 0.0  # the GOP's predicted bytes per other frame (its keyframe's trial)
-        self._others: list[int] = []  # bytes of the GOP's other frames so far (-1: untracked)
+        self._others: list[int] | None = []  # bytes of the GOP's other frames (None: some untracked)
         self._ratios: list[float] = []  # ln(actual / predicted) of each GOP's other frames
 
     @property
@@ -160,9 +162,12 @@ class RateController:
             self._share = max(self._budget(index) - size, 0.0) / max(self.config.gop - 1, 1)
         else:
             self._gop_pos += 1
-            self._others.append(size if not _untracked(enc) else -1)  # -1: no correction for this GOP
-            if enc.frame_type == "interframe" and not _untracked(enc):
-                self._step_unit(size)
+            if _untracked(enc):
+                self._others = None  # (its bytes do not correct tracked GOPs' predictions)
+            else:
+                self._others = None if self._others is None else [*self._others, size]
+                if enc.frame_type == "interframe":
+                    self._step_unit(size)
         self._untracked = _untracked(enc)
         self.stats.sizes.append(size)
         self.stats.scales.append(self.step_scale)
@@ -218,9 +223,9 @@ class RateController:
                ) -> tuple[FrameEncoder, EncodedFrame, int, float]:
         """``frame`` as a keyframe on a copy of the encoder at ``scale``: (the copy, the frame,
         its wire bytes, predicted wire bytes of each other frame of the GOP). The prediction is
-        the previous input frame encoded next on a second copy, at unit UNITS[NOMINAL] (the same motion backwards:
-        an interframe or intra frame like the GOP's next ones); with no previous frame (the
-        sequence's first) or unless ``predict``, the keyframe's bytes."""
+        the previous input frame encoded next on a second copy at unit UNITS[NOMINAL] (the same
+        motion backwards: an interframe or intra frame like the GOP's next ones); with no
+        previous frame (the sequence's first) or unless ``predict``, the keyframe's bytes."""
         trial = copy.deepcopy(self.encoder)
         trial.config = replace(self.config, step_scale=scale, gop=1)  # gop=1: a keyframe now
         enc = trial.encode(frame)
@@ -238,7 +243,7 @@ class RateController:
         """Trial-encode ``frame`` as a keyframe at a few scales (secant search on ln GOP bytes
         against ln step_scale, bracketed); keep the encoder copy whose predicted GOP bytes are
         nearest the budget (in ratio). The GOP that ends here corrects later predictions."""
-        if self._others and min(self._others) >= 0 and self._predicted > 0:  # tracked content only
+        if self._others and self._predicted > 0:  # a GOP of tracked content ended
             self._ratios.append(math.log(float(np.mean(self._others)) / self._predicted))
         target = math.log(self._budget(index))
         x = math.log(self.encoder.config.step_scale)
