@@ -278,3 +278,28 @@ def test_json_detail_of_the_real_server_is_one_string(server):
     error = asyncio.run(scenario())
     assert isinstance(error.detail, str) and error.status == 422
     assert "fps" in error.detail and not error.detail.startswith("[")
+
+
+def test_subscribe_refuses_a_stream_of_another_codec_version():
+    """A stream stored before an upgrade (its header says codec version 3) is refused with a
+    CodecError before any frame is decoded: a loopback WebSocket server sends that header."""
+    from websockets.asyncio.server import serve
+
+    from splatcast.codec import CODEC_NAME, CODEC_VERSION, CodecError
+    from splatcast.protocol import StreamHeader, encode_message
+
+    old = encode_message(StreamHeader(codec=CODEC_NAME, codec_version=CODEC_VERSION - 1, codec_params={},
+                                      sh_degree=0, fps=30.0))
+
+    async def handler(ws):
+        await ws.send(old)  # as the server sends them: length-prefixed messages
+        await ws.close()  # (without the check: a StreamError, not a CodecError)
+
+    async def scenario():
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            port = srv.sockets[0].getsockname()[1]
+            async with SplatcastClient(f"http://127.0.0.1:{port}") as client:
+                with pytest.raises(CodecError, match=f"version {CODEC_VERSION - 1} is not supported"):
+                    await client.subscribe("old").__anext__()
+
+    asyncio.run(scenario())

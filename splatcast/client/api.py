@@ -39,6 +39,7 @@ from splatcast.codec import (
     EncodedFrame,
     FrameDecoder,
     GaussianFrame,
+    check_codec,
     ply_files,
     read_ply,
 )
@@ -462,7 +463,8 @@ class SplatcastClient:
 
         Starts at the latest keyframe, at frame 0 with ``from_start``, or at the keyframe at or
         before ``from_index``; ``realtime`` asks the server to pace the replay at the sequence's
-        fps. Errors as in ``messages``; a frame the codec cannot decode raises ``CodecError``.
+        fps. Errors as in ``messages``; a stream header of another codec or codec version (e.g.
+        a stream stored before an upgrade) and a frame the codec cannot decode raise ``CodecError``.
         """
         decoder = FrameDecoder(device=device)
 
@@ -473,6 +475,8 @@ class SplatcastClient:
             return frame, (t1 - t0) * 1000, t1
 
         async for msg, nbytes, arrived_at in self.messages(seq_id, from_start, realtime, from_index):
+            if isinstance(msg, StreamHeader):
+                check_codec(msg.codec, msg.codec_version)
             if isinstance(msg, FrameMessage):
                 frame, decode_ms, decoded_at = await asyncio.to_thread(decode, msg)
                 yield ReceivedFrame(index=msg.index, frame_type=msg.frame_type, num_gaussians=msg.num_gaussians,
