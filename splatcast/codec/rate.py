@@ -156,19 +156,19 @@ class RateController:
                     enc, size = self._keyframe(frame, index)
             elif saved is not None and _untracked(enc) and self._sides is not None:
                 enc, size = self._dither(frame, index, saved, enc, size, self._sides)
+        self._untracked = _untracked(enc)
         if enc.frame_type == "keyframe":
             self._gop_pos = 1
             self._level, self._surplus, self._others = NOMINAL, 0.0, []
             self._share = max(self._budget(index) - size, 0.0) / max(self.config.gop - 1, 1)
         else:
             self._gop_pos += 1
-            if _untracked(enc):
+            if self._untracked:
                 self._others = None  # (its bytes do not correct tracked GOPs' predictions)
-            else:
-                self._others = None if self._others is None else [*self._others, size]
-                if enc.frame_type == "interframe":
-                    self._step_unit(size)
-        self._untracked = _untracked(enc)
+            elif self._others is not None:
+                self._others.append(size)
+            if enc.frame_type == "interframe" and not self._untracked:
+                self._step_unit(size)
         self.stats.sizes.append(size)
         self.stats.scales.append(self.step_scale)
         self._sent += size
