@@ -12,7 +12,12 @@ decoder gives the same bytes; tests/test_web_decoder.py checks that Python still
   explicit step (2e-5) makes Morton deltas need 8 byte planes and position deltas wide ints.
 - `codec_tracked_high`: the same frames at quality "high" (SH rest bands scalar-quantised
   instead of vector-quantised as in the others, which use the default "standard"), with
-  interframe unit 3 (tolerance 1): positions and scalar values change in multiples of 3 steps.
+  interframe unit 3 (tolerance 1): positions and scalar values change in multiples of 3 steps,
+  the moves as differences along the order (`pos_block` 0) with small rows.
+- `codec_jittered`: the same 2,000 Gaussians from frames animated with `--jitter 0.003` (every
+  position jitters, as in re-optimised frames): the first interframe codes its moves as
+  differences along the order, the second as block medians and residuals (`pos_block` 32),
+  every row escaped (few rows are small).
 - `codec_untracked`: 3 loot frames (SH degree 0), every 24th voxel (about 2,000 Gaussians):
   a keyframe, then intra frames (the count changes every frame).
 - `codec_predicted`: 4 loot frames, the voxels above y = 1.45 m (about 7,000, a spatial crop so
@@ -63,8 +68,8 @@ def _rows(frame: GaussianFrame, rows) -> GaussianFrame:
     return GaussianFrame(**{f: getattr(frame, f)[rows].contiguous() for f in FIELDS})
 
 
-def tracked_frames(tmp: Path) -> list[GaussianFrame]:
-    _tool("animate.py", str(SHARED / "data/scenes/tile_sh3_14k.ply"), str(tmp), "--frames", "3")
+def tracked_frames(tmp: Path, *jitter: str) -> list[GaussianFrame]:
+    _tool("animate.py", str(SHARED / "data/scenes/tile_sh3_14k.ply"), str(tmp), "--frames", "3", *jitter)
     return [_rows(read_ply(p), slice(0, 2000)) for p in sorted(tmp.glob("*.ply"))]
 
 
@@ -128,11 +133,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tile").mkdir()
         (Path(tmp) / "loot").mkdir()
+        (Path(tmp) / "jitter").mkdir()
         tracked = tracked_frames(Path(tmp) / "tile")
         write_vector("codec_tracked", tracked, FINE,
                      "tile scene (SH 3), first 2,000 Gaussians, 3 animated frames, step 2e-5: keyframe + interframes")
         write_vector("codec_tracked_high", tracked, HIGH,
                      "the same frames at quality 'high' (scalar-quantised SH rest bands)")
+        write_vector("codec_jittered", tracked_frames(Path(tmp) / "jitter", "--jitter", "0.003"), CONFIG,
+                     "the same 2,000 Gaussians with jittered positions: interframes of block-median moves")
         loot = loot_frames(Path(tmp) / "loot")
         write_vector("codec_untracked", untracked_frames(loot), CONFIG,
                      "3 loot frames (SH 0), every 24th voxel: keyframe + intra frames")

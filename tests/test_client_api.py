@@ -281,7 +281,7 @@ def test_json_detail_of_the_real_server_is_one_string(server):
 
 
 def test_subscribe_refuses_a_stream_of_another_codec_version():
-    """A stream stored before an upgrade (its header says codec version 3) is refused with a
+    """A stream stored before an upgrade (its header says the previous codec version) is refused with a
     CodecError before any frame is decoded: a loopback WebSocket server sends that header."""
     from websockets.asyncio.server import serve
 

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors"
-CODEC_VECTORS = ["codec_tracked", "codec_tracked_high", "codec_untracked", "codec_predicted",
+CODEC_VECTORS = ["codec_tracked", "codec_tracked_high", "codec_jittered", "codec_untracked", "codec_predicted",
                  "codec_predicted_scalar"]
 
 

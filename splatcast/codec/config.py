@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass, fields, replace
 CODEC_NAME = "splatcast-vq"
 """Name of this codec in stream headers."""
 
-CODEC_VERSION = 4
+CODEC_VERSION = 5
 """Version of the payload layout described in docs/CODEC.md; bump on any change. Versions 1
-(every attribute vector-quantised), 2 (no predicted interframes) and 3 (rotation as four
-quaternion components) are not decoded any more: see ``check_codec``."""
+(every attribute vector-quantised), 2 (no predicted interframes), 3 (rotation as four
+quaternion components) and 4 (interframe moves only as differences along the order) are not
+decoded any more: see ``check_codec``."""
 
 FRAME_TYPES = ("keyframe", "intra", "interframe")
 """keyframe: new codebooks and step, all data; intra: all data with the current codebooks;
@@ -24,7 +25,7 @@ class CodecError(ValueError):
 
 def check_codec(codec: str, version: int) -> None:
     """Raise ``CodecError`` unless a stream header's ``codec`` / ``codec_version`` is this
-    codec's: a stream of versions 1-3 (docs/CODEC.md sections 11, 6b, 14) is refused with a message
+    codec's: a stream of versions 1-4 (docs/CODEC.md sections 11, 6b, 14, 15) is refused with a message
     saying to re-encode it."""
     if codec != CODEC_NAME:
         raise CodecError(f"codec {codec!r} is not {CODEC_NAME!r}")

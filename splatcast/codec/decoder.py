@@ -31,6 +31,8 @@ MAX_Q = 2**24
 PREDICTED_BITS = 17
 """Predicted interframes (docs/CODEC.md section 6b) hold grid coordinates in [0, 2**17): their
 Morton codes (< 2**51) are exact in a float64, as JavaScript numbers."""
+MAX_BLOCK = 2**16
+"""Largest ``pos_block`` (rows per block of an interframe's block-median moves, section 6)."""
 RANK_ROWS = 1024
 """Codebooks of at most this many rows code a predicted interframe's ids as ranks (section 6b)."""
 
@@ -236,15 +238,21 @@ def _intra(state: DecoderState, n: int, p: dict) -> DecoderState:
 
 
 def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
-    _keys(p, {"unit", "pos_mask", "pos_small", "pos_delta", "id_masks", "id_small", "id_values"},
-          "interframe payload")
+    _keys(p, {"unit", "pos_mask", "pos_block", "pos_base", "pos_small", "pos_delta", "id_masks", "id_small",
+              "id_values"}, "interframe payload")
     if n != state.num_gaussians:
         raise CodecError(f"interframe for {n} Gaussians, reference frame has {state.num_gaussians}")
     unit = _int(p, "unit", 1, 2**21)
     rows = np.flatnonzero(_mask(p, "pos_mask", n, "pos_mask"))
+    block = _int(p, "pos_block", 0, MAX_BLOCK)
+    base = _array(p, "pos_base", _INT, (3, -(-len(rows) // block) if block else 0), "pos_base")
     small = _array(p, "pos_small", (np.uint8,), (len(rows),), "pos_small")
-    delta = unpack_small(small, _array(p, "pos_delta", _INT, (3, None), "pos_delta"), "pos_small")
-    moves = np.cumsum(delta, axis=1, dtype=np.int64).T  # [M, 3] in units
+    residual = unpack_small(small, _array(p, "pos_delta", _INT, (3, None), "pos_delta"), "pos_small")  # [3, M]
+    if block:  # each block's median move (differences along the blocks) plus each row's residual
+        medians = np.cumsum(base, axis=1, dtype=np.int64)
+        moves = (residual + np.repeat(medians, block, axis=1)[:, :len(rows)]).T  # [M, 3] in units
+    else:  # differences along the order
+        moves = np.cumsum(residual, axis=1, dtype=np.int64).T
     if moves.size and max(moves.max(), -moves.min()) >= 2 * MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
     moved = np.multiply(moves, unit, order="C")  # [M, 3] int64 (take is faster than q[rows])

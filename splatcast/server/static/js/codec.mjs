@@ -15,7 +15,7 @@ export class CodecError extends Error {
 }
 
 export const CODEC_NAME = "splatcast-vq";
-export const CODEC_VERSION = 4; // the payload layout this decoder reads (Python: codec/config.py)
+export const CODEC_VERSION = 5; // the payload layout this decoder reads (Python: codec/config.py)
 
 /** Throws CodecError unless a stream header's codec and codec_version are this decoder's. */
 export function checkCodec(codec, version) {
@@ -27,6 +27,7 @@ export function checkCodec(codec, version) {
 export const GROUP_DIMS = { rotation: 4, scale: 3, opacity: 1, sh0: 3, shN_1: 9, shN_2: 15, shN_3: 21 };
 const MAX_Q = 2 ** 24;
 const PREDICTED_BITS = 17; // predicted interframes: coordinates in [0, 2^17), codes < 2^51 (exact numbers)
+const MAX_BLOCK = 2 ** 16; // largest pos_block (rows per block of block-median moves)
 const RANK_ROWS = 1024; // codebooks up to this size code a predicted interframe's ids as ranks
 const SCALAR_LIMIT = 1e30;
 const SCALAR_DTYPES = ["|u1", "<u2"];
@@ -217,16 +218,26 @@ function intra(state, n, p) {
 // are sparse); positions are checked as they are written, and moved back if one fails.
 
 /** Moves the first `limit` set rows of the position mask in place, the k-th one (row i) by unit *
- * (the running sum of delta[:, 0..k]); stops before a row whose |q| would reach 2^24 and returns
- * the number of rows moved. The spec's bound on the running sums, |sum| < 2^25, follows from
- * |q| < 2^24 before and after (unit >= 1), so the sums stay exact in float64. */
-function movePositions(q, mask, delta, unit, limit) {
-  const bits = mask.bits, m = mask.count;
-  let k = 0, x = 0, y = 0, z = 0;
+ * its move: with moves.block 0 the running sum of residual[:, 0..k], else residual[:, k] plus
+ * the running sum of base[:, 0..floor(k / block)] (its block's median); stops before a row whose
+ * |q| would reach 2^24 and returns the number of rows moved. The spec's bound on the moves,
+ * |move| < 2^25, follows from |q| < 2^24 before and after (unit >= 1), so the sums stay exact in
+ * float64 (a running sum grows by at most 2^31 per row or block before it is checked). */
+function movePositions(q, mask, moves, unit, limit) {
+  const bits = mask.bits, m = mask.count, { residual: r, block, base, blocks } = moves;
+  let k = 0, x = 0, y = 0, z = 0, bx = 0, by = 0, bz = 0;
   for (let byte = 0; byte < bits.length; byte++) {
     for (let b = bits[byte]; b; b &= b - 1, k++) {
       const i = 3 * (8 * byte + 31 - Math.clz32(b & -b));
-      x += delta[k]; y += delta[m + k]; z += delta[2 * m + k];
+      if (block === 0) {
+        x += r[k]; y += r[m + k]; z += r[2 * m + k];
+      } else {
+        if (k % block === 0) {
+          const j = k / block;
+          bx += base[j]; by += base[blocks + j]; bz += base[2 * blocks + j];
+        }
+        x = bx + r[k]; y = by + r[m + k]; z = bz + r[2 * m + k];
+      }
       const qx = q[i] + x * unit, qy = q[i + 1] + y * unit, qz = q[i + 2] + z * unit;
       if (k === limit || !(Math.abs(qx) < MAX_Q && Math.abs(qy) < MAX_Q && Math.abs(qz) < MAX_Q)) return k;
       q[i] = qx; q[i + 1] = qy; q[i + 2] = qz;
@@ -278,15 +289,21 @@ function unpackSmall(codes, escaped, out, what) {
 }
 
 function interframe(state, n, p) {
-  keys(p, ["unit", "pos_mask", "pos_small", "pos_delta", "id_masks", "id_small", "id_values"], "interframe payload");
+  keys(p, ["unit", "pos_mask", "pos_block", "pos_base", "pos_small", "pos_delta", "id_masks", "id_small", "id_values"],
+    "interframe payload");
   need(n === state.n, `interframe for ${n} Gaussians, reference frame has ${state.n}`);
   const unit = intField(p, "unit", 1, 2 ** 21);
   const moved = bitMask(p, "pos_mask", n, "pos_mask");
-  // pos_small [M] + pos_delta [3, E]: per axis, the moved rows' steps as differences along the
-  // mask order, small rows coded in one byte.
+  // pos_small [M] + pos_delta [3, E]: per axis, the moved rows' residuals (small rows coded in
+  // one byte): differences along the mask order (pos_block 0), or differences from the median
+  // of each block of pos_block rows, the medians given as differences along the blocks by
+  // pos_base [3, ceil(M / pos_block)].
+  const block = intField(p, "pos_block", 0, MAX_BLOCK);
+  const base = array(p, "pos_base", INT, [3, block ? Math.ceil(moved.count / block) : 0], "pos_base");
   const posSmall = array(p, "pos_small", ["|u1"], [moved.count], "pos_small").data;
-  const delta = unpackSmall(posSmall, array(p, "pos_delta", INT, [3, null], "pos_delta"),
+  const residual = unpackSmall(posSmall, array(p, "pos_delta", INT, [3, null], "pos_delta"),
     new Int32Array(3 * moved.count), "pos_small");
+  const moves = { residual, block, base: base.data, blocks: base.shape[1] };
   const names = Object.keys(state.codes);
   const masks = dict(p, "id_masks", names);
   const smalls = p.id_small;
@@ -312,9 +329,9 @@ function interframe(state, n, p) {
   for (const { name, mask, values: v } of changes) {
     changeIds(state.codes[name], mask, v, rowsOf(name), `id_values.${name}`, false, n, unitOf(name));
   }
-  const done = movePositions(state.q, moved, delta, unit, moved.count);
+  const done = movePositions(state.q, moved, moves, unit, moved.count);
   if (done < moved.count) {
-    movePositions(state.q, moved, delta, -unit, done); // back to the previous positions, exactly
+    movePositions(state.q, moved, moves, -unit, done); // back to the previous positions, exactly
     throw new CodecError(`pos_delta moves a coordinate beyond +-${MAX_Q} steps`);
   }
   for (const { name, mask, values: v } of changes) {
