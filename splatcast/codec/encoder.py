@@ -61,12 +61,6 @@ POS_BLOCK = 32
 """Rows per block of an interframe's block-median position moves (``_position_moves``): on
 the jittered 250k sequence (bench B) 16 to 64 rows are within 1 % of each other, 8 or 128
 lose 3-4 %; the block medians cost about 2 % of the moves' bits at 32."""
-SMALL_SHARE = 0.25
-"""``_small_rows`` escapes every row when fewer than this share are small: zstd codes bytes
-with Huffman codes of at least 1 bit, so mostly-ESCAPE codes cost about 1 bit per row for
-little information (bench B's block-median moves: 14 % small rows, 0.24 B/G of codes whose
-entropy is 0.16; all escaped, the moves cost 0.09 B/G less). 0.15 to 0.4 code the shared
-sequences alike."""
 SCALAR_MARGIN = 1 / 8
 """A scalar quantiser takes uint8 values only when its keyframe's range widened by this
 fraction on each side fits 255 steps, so that later frames of the GOP moving a little beyond
@@ -595,8 +589,9 @@ def _small_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Columns of ``v`` [D, M] (signed ints, D <= SMALL_DIMS) as small-rows codes [M] uint8 and
     the escaped columns [D, E] (``decoder.unpack_small``): a column whose values are all in
     -1..1 is one byte, the sum of (v[j] + 1) * 3**j; zstd codes these bytes by their frequency
-    (interframe residuals are mostly -1, 0, 1: docs/CODEC.md section 12); every column is
-    escaped when fewer than SMALL_SHARE of them are small."""
+    (interframe residuals are mostly -1, 0, 1: docs/CODEC.md section 12). Every column is
+    escaped instead when that costs fewer bits by ``_literal_bits`` (few small columns: each
+    ESCAPE code costs zstd at least 1 bit)."""
     # v + 1 as uint8 (clipped first): 0..2 for a small value, 3 or 255 for another. Row by row
     # (D <= 5 rows of M) in uint8: at most 2 x (1 + 3 + ... + 3**4) = 242 for a small column;
     # the others wrap, and are replaced by ESCAPE
@@ -607,11 +602,12 @@ def _small_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for j, row in enumerate(u):
         small &= row <= 2
         codes += row * np.uint8(3**j)
-    if small.sum() < SMALL_SHARE * len(small):
+    codes[~small] = ESCAPE
+    # every 4th column: about the same estimate in a quarter of the time
+    some, small4 = v[:, ::4], small[::4]
+    if _literal_bits(codes[None, ::4]) + _literal_bits(_narrow_int(some[:, ~small4])) >= _literal_bits(_narrow_int(some)):
         return np.full(v.shape[1], ESCAPE, np.uint8), v
-    escaped = np.flatnonzero(~small)
-    codes[escaped] = ESCAPE
-    return codes, v.take(escaped, axis=1)
+    return codes, v.take(np.flatnonzero(~small), axis=1)
 
 
 def _position_moves(moves: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -620,7 +616,7 @@ def _position_moves(moves: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     the order (block 0, no base; neighbours that move alike cost little: articulated motion), or
     the median move of each block of POS_BLOCK rows (differences along the blocks) and each
     row's difference from its block's (neighbours that move alike but each with its own jitter:
-    re-optimised frames). The one whose residuals have the lower order-0 entropy is taken."""
+    re-optimised frames), whichever costs fewer bits by ``_literal_bits``."""
     v = np.ascontiguousarray(moves.T)  # [3, M]
     delta = np.diff(v, axis=1, prepend=0)
     m, b = len(moves), POS_BLOCK
@@ -633,19 +629,20 @@ def _position_moves(moves: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     residual = v - np.repeat(medians, b, axis=1)[:, :m]
     base = np.diff(medians, axis=1, prepend=0)
     # every 4th column of the residuals: the same choice on the shared sequences, in a quarter of the time
-    if 4 * _entropy_bits(residual[:, ::4]) + _entropy_bits(base) < 4 * _entropy_bits(delta[:, ::4]):
+    if 4 * _literal_bits(_narrow_int(residual[:, ::4])) + _literal_bits(_narrow_int(base)) \
+            < 4 * _literal_bits(_narrow_int(delta[:, ::4])):
         return b, base, residual
     return 0, none, delta
 
 
-def _entropy_bits(v: np.ndarray) -> float:
-    """Order-0 entropy in bits of the bytes of each row of ``v`` [D, K] (ints) as ``_narrow_int``
-    stores them: about what zstd's Huffman-coded literals spend on them."""
+def _literal_bits(a: np.ndarray) -> float:
+    """About the bits zstd's Huffman-coded literals spend on the bytes of each row of ``a``
+    [D, K] (ints, as stored): the order-0 code length of each byte, at least 1 bit."""
     bits = 0.0
-    for row in _narrow_int(v).view(np.uint8).reshape(len(v), -1):
+    for row in np.ascontiguousarray(a).view(np.uint8).reshape(len(a), -1):
         counts = np.bincount(row, minlength=256)
         counts = counts[counts > 0]
-        bits -= float(counts @ np.log2(counts / len(row)))
+        bits += float(counts @ np.maximum(1.0, -np.log2(counts / len(row))))
     return bits
 
 
