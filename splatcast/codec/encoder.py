@@ -605,7 +605,8 @@ def _small_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes[~small] = ESCAPE
     # every 4th column: about the same estimate in a quarter of the time
     some, small4 = v[:, ::4], small[::4]
-    if _literal_bits(codes[None, ::4]) + _literal_bits(_narrow_int(some[:, ~small4])) >= _literal_bits(_narrow_int(some)):
+    escaped_bits = _literal_bits(_narrow_int(some[:, ~small4]))
+    if _literal_bits(codes[None, ::4]) + escaped_bits >= _literal_bits(_narrow_int(some)):
         return np.full(v.shape[1], ESCAPE, np.uint8), v
     return codes, v.take(np.flatnonzero(~small), axis=1)
 

@@ -8,7 +8,9 @@ The knob is ``CodecConfig.step_scale`` (every quantisation step of the preset ti
 The encoder fixes its quantisers at keyframes, so the controller decides once per GOP: at every
 keyframe it trial-encodes the frame on copies of the encoder at a few scales (a bracketed secant
 search on ln(GOP bytes) against ln(step_scale)) and keeps the copy whose predicted GOP bytes are
-nearest the GOP's budget. A trial's GOP prediction is its keyframe's bytes plus (gop - 1) times
+nearest the GOP's budget; when even SCALE_MIN of the configured preset stays under the budget
+(its vector-quantised SH bands cap its bytes), the GOP searches FINEST's scales the same way.
+A trial's GOP prediction is its keyframe's bytes plus (gop - 1) times
 the bytes of the *previous* input frame encoded right after that keyframe (the same motion, or
 the same intra content, as the GOP's next frames will bring). The sequence's first keyframe has
 no previous frame: it is a probe sized as if every frame cost as much as it; when frame 1 shows
@@ -38,7 +40,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from splatcast.codec.config import CodecConfig
+from splatcast.codec.config import QUALITIES, CodecConfig
 from splatcast.codec.encoder import EncodedFrame, FrameEncoder
 from splatcast.codec.frame import GaussianFrame
 
@@ -67,6 +69,9 @@ switches to a step_scale beyond the jump in bytes (``RateController._dither``)."
 JUMP_MARGIN = 1.05
 """How far beyond the scales found on either side of a jump the dithering goes (the jump moves
 a little from frame to frame)."""
+FINEST = list(QUALITIES)[-1]
+"""The preset a GOP switches to when the configured one, at SCALE_MIN, stays under the budget
+(its SH rest bands are scalar-quantised: the configured preset's codebooks cap its bytes)."""
 UNITS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 """Interframe units the controller steps through (``FrameEncoder.unit``)."""
 NOMINAL = 2
@@ -86,16 +91,19 @@ class RateStats:
 
     - ``sizes``: wire bytes of every frame sent, in order (``wire_size`` of each).
     - ``scales``: step_scale of each frame's GOP.
+    - ``qualities``: quality preset of each frame's GOP (``config.quality``, or FINEST above its
+      reach).
     - ``trials``: trials run (each a keyframe encode and, but for the first frame's probe and
       the dithering, the encode of one more frame).
     - ``missed``: GOPs whose nearest trial predicted bytes more than 10 % off the budget: the
-      target is outside what the codec reaches with this preset between SCALE_MIN and
-      SCALE_MAX (or, on tracked content, inside a jump of its bytes), and the GOP is sent at the
+      target is outside what the codec reaches between the preset at SCALE_MAX and FINEST at
+      SCALE_MIN (or, on tracked content, inside a jump of its bytes), and the GOP is sent at the
       nearest rate found. The first frame's probe keyframe is not counted.
     """
 
     sizes: list[int]
     scales: list[float]
+    qualities: list[str]
     trials: int = 0
     missed: int = 0
 
@@ -118,7 +126,7 @@ class RateController:
         self.config, self.fps, self.wire_size = config, float(fps), wire_size
         self.frame_budget = config.target_mbps * 1e6 / 8 / self.fps  # bytes per frame
         self.encoder = FrameEncoder(replace(config, step_scale=_clamp(config.step_scale)))
-        self.stats = RateStats([], [])
+        self.stats = RateStats([], [], [])
         self._sent = 0  # bytes of the frames sent
         self._gop_pos = 0  # frames since the last keyframe (the encoder's rule: a keyframe at gop)
         self._prev: GaussianFrame | None = None  # the previous input frame
@@ -171,6 +179,7 @@ class RateController:
                 self._step_unit(size)
         self.stats.sizes.append(size)
         self.stats.scales.append(self.step_scale)
+        self.stats.qualities.append(self.encoder.config.quality)
         self._sent += size
         self._prev = frame  # (a reference: frames are not modified)
         return enc
@@ -205,7 +214,7 @@ class RateController:
             return enc, size
         self.encoder = saved
         scale = _clamp(sides[1] * JUMP_MARGIN if size > b else sides[0] / JUMP_MARGIN)
-        trial, other, other_size, _ = self._trial(frame, scale, predict=False)
+        trial, other, other_size, _ = self._trial(frame, self.encoder.config.quality, scale, predict=False)
         if (other_size < size) != (size > b):
             self.encoder = current
             return enc, size
@@ -219,17 +228,17 @@ class RateController:
         surplus = self._sent - self.frame_budget * index
         return gop_budget - float(np.clip(FEEDBACK * surplus, -CORRECTION * gop_budget, CORRECTION * gop_budget))
 
-    def _trial(self, frame: GaussianFrame, scale: float, predict: bool = True
+    def _trial(self, frame: GaussianFrame, quality: str, scale: float, predict: bool = True
                ) -> tuple[FrameEncoder, EncodedFrame, int, float]:
-        """``frame`` as a keyframe on a copy of the encoder at ``scale``: (the copy, the frame,
+        """``frame`` as a keyframe on a copy of the encoder at preset ``quality`` and ``scale``: (the copy, the frame,
         its wire bytes, predicted wire bytes of each other frame of the GOP). The prediction is
         the previous input frame encoded next on a second copy at unit UNITS[NOMINAL] (the same
         motion backwards: an interframe or intra frame like the GOP's next ones); with no
         previous frame (the sequence's first) or unless ``predict``, the keyframe's bytes."""
         trial = copy.deepcopy(self.encoder)
-        trial.config = replace(self.config, step_scale=scale, gop=1)  # gop=1: a keyframe now
+        trial.config = replace(self.config, quality=quality, step_scale=scale, gop=1)  # gop=1: a keyframe now
         enc = trial.encode(frame)
-        trial.config = replace(self.config, step_scale=scale)
+        trial.config = replace(self.config, quality=quality, step_scale=scale)
         size = self.wire_size(enc)
         other = float(size)
         if self._prev is not None and predict:
@@ -240,18 +249,48 @@ class RateController:
         return trial, enc, size, other
 
     def _keyframe(self, frame: GaussianFrame, index: int) -> tuple[EncodedFrame, int]:
-        """Trial-encode ``frame`` as a keyframe at a few scales (secant search on ln GOP bytes
-        against ln step_scale, bracketed); keep the encoder copy whose predicted GOP bytes are
-        nearest the budget (in ratio). The GOP that ends here corrects later predictions."""
+        """Trial-encode ``frame`` as a keyframe at a few scales of the configured preset (and,
+        when even SCALE_MIN stays under the budget, of FINEST); keep the encoder copy whose
+        predicted GOP bytes are nearest the budget (in ratio). The GOP that ends here corrects
+        later predictions."""
         if self._others and self._predicted > 0:  # a GOP of tracked content ended
             self._ratios.append(math.log(float(np.mean(self._others)) / self._predicted))
         target = math.log(self._budget(index))
-        x = math.log(self.encoder.config.step_scale)
+        current = self.encoder.config
+
+        def start(quality: str) -> float:  # ln step_scale: the last GOP's in that preset, else the preset's own
+            if current.quality == quality:
+                return math.log(current.step_scale)
+            return math.log(SCALE_MIN) if quality == self.config.quality else 0.0
+
+        tried = self._search(frame, target, self.config.quality, start(self.config.quality))
+        y, x = min(((t[0], t[1]) for t in tried), key=lambda t: abs(t[0] - target))
+        if self.config.quality != FINEST and y < target - TOLERANCE and x <= math.log(SCALE_MIN) + 1e-6:
+            self._slope = SLOPE  # (another preset's curve)
+            finer = self._search(frame, target, FINEST, start(FINEST))
+            if min(abs(t[0] - target) for t in finer) < abs(y - target):
+                tried = finer
+        miss = min(abs(t[0] - target) for t in tried)
+        # the nearest, and of trials as near (within 1 %: flat stretches of bytes), the finest
+        y, x, self.encoder, enc, size, self._predicted = min(
+            (t for t in tried if abs(t[0] - target) <= miss + 0.01), key=lambda t: t[1])
+        more = [t[1] for t in tried if t[0] > target]  # ln(scale) of trials over the budget
+        less = [t[1] for t in tried if t[0] <= target]
+        self._sides = (math.exp(max(more)), math.exp(min(less))) if more and less else None
+        if miss > 0.1 and self._prev is not None:  # (not the first frame's probe)
+            self.stats.missed += 1
+        return enc, size
+
+    def _search(self, frame: GaussianFrame, target: float, quality: str, x: float
+                ) -> list[tuple[float, float, FrameEncoder, EncodedFrame, int, float]]:
+        """Trials of ``frame`` as a keyframe at preset ``quality`` from ln step_scale ``x`` on: a
+        secant search on ln GOP bytes against ln step_scale, bracketed, of up to MAX_TRIALS;
+        each (ln predicted GOP bytes, ln step_scale, encoder copy, keyframe, its bytes, other
+        frames' predicted bytes)."""
         lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
-        # (ln predicted GOP bytes, ln step_scale, encoder copy, keyframe, its bytes, other frames' bytes)
         tried: list[tuple[float, float, FrameEncoder, EncodedFrame, int, float]] = []
         for _ in range(MAX_TRIALS):
-            trial, enc, size, other = self._trial(frame, _clamp(math.exp(x)))
+            trial, enc, size, other = self._trial(frame, quality, _clamp(math.exp(x)))
             y = math.log(size + (self.config.gop - 1) * other * self._bias())
             if tried and abs(x - tried[-1][1]) > 1e-6:  # secant slope from the previous trial, bounded
                 self._slope = float(np.clip((y - tried[-1][0]) / (x - tried[-1][1]), *SLOPES))
@@ -268,16 +307,7 @@ class RateController:
                     break  # at a bound of step_scale: the target is out of reach
                 nxt = (lo + hi) / 2
             x = nxt
-        miss = min(abs(t[0] - target) for t in tried)
-        # the nearest, and of trials as near (within 1 %: flat stretches of bytes), the finest
-        y, x, self.encoder, enc, size, self._predicted = min(
-            (t for t in tried if abs(t[0] - target) <= miss + 0.01), key=lambda t: t[1])
-        more = [t[1] for t in tried if t[0] > target]  # ln(scale) of trials over the budget
-        less = [t[1] for t in tried if t[0] <= target]
-        self._sides = (math.exp(max(more)), math.exp(min(less))) if more and less else None
-        if miss > 0.1 and self._prev is not None:  # (not the first frame's probe)
-            self.stats.missed += 1
-        return enc, size
+        return tried
 
 
 def _untracked(enc: EncodedFrame) -> bool:
