@@ -250,8 +250,9 @@ def _mutations(key: dict, inter: dict, n: int):
 def test_jittered_moves_code_as_block_medians(tile_frames):
     """Frames re-optimised one by one jitter every position (as ../shared/tools/animate.py
     --jitter): their interframe codes the moves as block medians plus residuals, decoded
-    exactly, in fewer wire bytes than the same moves as differences along the order; the
-    smooth tile's moves stay differences."""
+    exactly, in fewer wire bytes than the same moves as differences along the order (by little
+    on this small tile: about 0.2 %; 2.2 % of the bytes on the 250k sequence B, docs/CODEC.md
+    section 15); the smooth tile's moves stay differences."""
     lo, hi = np.percentile(tile_frames[0].means.numpy(), [1, 99], axis=0)
     sigma = 0.0005 * float(np.linalg.norm(hi - lo))
     g = torch.Generator().manual_seed(0)
@@ -270,7 +271,7 @@ def test_jittered_moves_code_as_block_medians(tile_frames):
     decoder.decode("keyframe", key.num_gaussians, key.payload)
     assert np.array_equal(decoder.update("interframe", inter.num_gaussians, differences).q, inter.state.q)
     other = replace(inter, payload=differences)
-    assert wire_bytes(1, inter) < 0.95 * wire_bytes(1, other)
+    assert wire_bytes(1, inter) < wire_bytes(1, other)
 
 
 def test_decoder_rejects_bad_payloads(tile_frames):
