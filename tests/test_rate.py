@@ -128,10 +128,10 @@ def test_tracked_content_follows_its_motion_with_the_interframe_unit(tile60):
 def test_above_the_presets_reach_the_finest_preset_takes_over(tile60):
     """The tile at `standard` (SH 3 rest bands vector-quantised) tops out at about 22 Mbit/s
     whatever its step_scale; at 30 Mbit/s the controller switches its GOPs to `near-lossless`
-    (scalar SH bands) and gets near the target, a decoder following the switch. Not within
-    +-10 % everywhere: near-lossless itself tops out just above 30 Mbit/s on this content (finer
-    steps push the next frames out of its scalar ranges: keyframes), so the first GOP, sized
-    from frame 1's motion, comes out 12 % under (docs/CODEC.md section 13)."""
+    (scalar SH bands) and every 1 s window is within +-10 %, a decoder following the switch.
+    (Before the scalar ranges kept their margin at the finest steps, near-lossless topped out
+    near 30 Mbit/s: its next frames left the ranges and became keyframes; the first GOP came
+    out 12 % under, docs/CODEC.md section 13.)"""
     rc = RateController(CodecConfig(target_mbps=30, device="cpu"), FPS, wire_size)
     decoder = FrameDecoder()
     for frame in tile60:
@@ -139,6 +139,5 @@ def test_above_the_presets_reach_the_finest_preset_takes_over(tile60):
         dec = decoder.decode(enc.frame_type, enc.num_gaussians, enc.payload)
         assert np.array_equal(dec.shN.numpy(), enc.reconstruction.shN.numpy())
     windows = window_mbps(rc.stats.sizes, FPS)
-    assert 0.85 * 30 <= windows.min() and windows.max() <= 1.1 * 30, windows
-    assert windows[-1] >= 0.9 * 30  # the second GOP, with its prediction corrected
+    assert 0.9 * 30 <= windows.min() and windows.max() <= 1.1 * 30, windows
     assert set(rc.stats.qualities[1:]) == {"near-lossless"}

@@ -482,9 +482,11 @@ def _scalar_quantiser(x: torch.Tensor, step: np.ndarray) -> tuple[np.ndarray, ty
     on each side, else uint16.
 
     Per dimension of ``x`` [N, D]: the step is ``step`` [D], or larger where the type's 255 or
-    65,535 steps would not cover the range; a uint8 range is centred in the 256 levels, a
-    uint16 one starts SCALAR_MARGIN of it above the offset (the spare levels are the room later
-    frames of the GOP have before a keyframe is needed)."""
+    65,535 steps would not cover the range widened by SCALAR_MARGIN on each side; a uint8 range
+    is centred in the 256 levels, a uint16 one starts SCALAR_MARGIN of it above the offset (the
+    spare levels are the room later frames of the GOP have before a keyframe is needed: without
+    them at the finest steps every frame left the range, and near-lossless below step_scale
+    0.02 sent only keyframes)."""
     if len(x):
         lo, hi = (v.double().cpu().numpy() for v in x.aminmax(dim=0))
     else:
@@ -492,7 +494,8 @@ def _scalar_quantiser(x: torch.Tensor, step: np.ndarray) -> tuple[np.ndarray, ty
     widened = float(np.max((hi - lo) * (1 + 2 * SCALAR_MARGIN) / step)) if x.shape[1] else 0.0
     dtype = np.uint8 if widened <= 255 else np.uint16
     top = np.iinfo(dtype).max
-    steps = (np.maximum(step, (hi - lo) / top) * (1 + 1e-6)).astype(np.float32)  # 1e-6: float32 rounding
+    steps = (np.maximum(step, (hi - lo) * (1 + 2 * SCALAR_MARGIN) / top) * (1 + 1e-6)).astype(np.float32)
+    # (1e-6: float32 rounding)
     # whole steps below the range, so that its low end is a level (a constant attribute is kept
     # exactly): uint8 centred; uint16 SCALAR_MARGIN of the range (values near 0, not near 2**15
     # where the high byte would alternate between 127 and 128: 6 % more bytes after zstd)
