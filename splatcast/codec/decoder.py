@@ -247,21 +247,20 @@ def _interframe(state: DecoderState, n: int, p: dict) -> DecoderState:
     block = _int(p, "pos_block", 0, MAX_BLOCK)
     base = _array(p, "pos_base", _INT, (3, -(-len(rows) // block) if block else 0), "pos_base")
     small = _array(p, "pos_small", (np.uint8,), (len(rows),), "pos_small")
-    residual = unpack_small(small, _array(p, "pos_delta", _INT, (3, None), "pos_delta"), "pos_small")  # [3, M]
+    moves = unpack_small(small, _array(p, "pos_delta", _INT, (3, None), "pos_delta"), "pos_small")  # [3, M]
     if block:  # each block's median move (differences along the blocks) plus each row's residual
-        medians = np.cumsum(base, axis=1, dtype=np.int64)
-        moves = (residual + np.repeat(medians, block, axis=1)[:, :len(rows)]).T  # [M, 3] in units
+        moves += np.repeat(np.cumsum(base, axis=1, dtype=np.int64), block, axis=1)[:, :len(rows)]
     else:  # differences along the order
-        moves = np.cumsum(residual, axis=1, dtype=np.int64).T
+        moves = np.cumsum(moves, axis=1, dtype=np.int64)
     if moves.size and max(moves.max(), -moves.min()) >= 2 * MAX_Q:
         raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
-    moved = np.multiply(moves, unit, order="C")  # [M, 3] int64 (take is faster than q[rows])
-    moved += state.q.take(rows, axis=0)
-    if moved.size and max(moved.max(), -moved.min()) >= MAX_Q:
-        raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
+    if unit > 1:
+        moves *= unit  # [3, M] int64, in steps
     q = state.q.copy() if len(rows) else state.q  # state arrays are never written in place
-    for column, values in zip(q.T, moved.T):  # (one axis at a time: 1.5x faster than q[rows])
-        column[rows] = values
+    for column, move in zip(q.T, moves):  # (one axis at a time: 1.5x faster than q[rows])
+        column[rows] += move
+    if len(rows) and max(q.max(), -q.min()) >= MAX_Q:
+        raise CodecError(f"pos_delta moves a coordinate beyond +-{MAX_Q} steps")
     names = list(state.ids)
     masks, values = _dict(p, "id_masks", names), _dict(p, "id_values", names)
     smalls = p["id_small"]

