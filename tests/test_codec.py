@@ -22,6 +22,7 @@ from splatcast.codec import (
     check_codec,
     read_ply,
 )
+from splatcast.codec import encoder as encoder_module
 from splatcast.codec.config import LARGE_SCENE
 from splatcast.codec.decoder import quaternions
 from splatcast.codec.encoder import POS_BLOCK, ROTATION_KEEP, _narrow_int, _small_rows, _smallest_three
@@ -44,8 +45,12 @@ def identical(a: GaussianFrame, b: GaussianFrame) -> bool:
     return all(torch.equal(getattr(a, k), getattr(b, k)) for k in FIELDS)
 
 
+def wire(i: int, enc) -> bytes:
+    return encode_message(FrameMessage(i, i / 30, enc.frame_type, enc.num_gaussians, enc.payload))
+
+
 def wire_bytes(i: int, enc) -> int:
-    return len(encode_message(FrameMessage(i, i / 30, enc.frame_type, enc.num_gaussians, enc.payload)))
+    return len(wire(i, enc))
 
 
 def round_trip(seq, config=CodecConfig()):
@@ -168,6 +173,25 @@ def test_non_finite_input_is_an_error(tile_frames):
     means[3, 1] = float("nan")
     with pytest.raises(CodecError, match="means"):
         FrameEncoder().encode(replace(f, means=means))
+
+
+def test_unchanged_attributes_are_not_derived_again(tile_frames, monkeypatch):
+    """Frames that change only means, quats and sh0 (as bench B) encode to the same bytes
+    whether the encoder reuses the previous frame's features of the unchanged attributes or
+    derives every attribute again (the reference); a NaN in a changed attribute is still
+    found, after frames whose other attributes stayed the same."""
+    first = tile_frames[0]
+    seq = [replace(f, scales=first.scales, opacities=first.opacities, shN=first.shN) for f in tile_frames[:4]]
+    assert not torch.equal(seq[1].sh0, seq[0].sh0) and not torch.equal(seq[1].quats, seq[0].quats)
+    encoder = FrameEncoder()
+    fast = [wire(i, encoder.encode(f)) for i, f in enumerate(seq)]
+    sh0 = seq[3].sh0.clone()
+    sh0[5, 2] = float("nan")
+    with pytest.raises(CodecError, match="sh0"):
+        encoder.encode(replace(seq[3], sh0=sh0))
+    monkeypatch.setattr(encoder_module, "_unchanged", lambda frame, previous: set())
+    encoder = FrameEncoder()
+    assert [wire(i, encoder.encode(f)) for i, f in enumerate(seq)] == fast
 
 
 def test_config_round_trip_and_validation():
