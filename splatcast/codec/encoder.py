@@ -10,6 +10,7 @@ See docs/CODEC.md for the layout and the measurements behind the choices.
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -311,20 +312,31 @@ class FrameEncoder:
         its size is the payload arrays' raw bytes (``encode`` compresses it when needed)."""
         order = self._order
         unit = self.unit
-        err = means.take(order, axis=0)  # [N, 3]; then (means - origin) / step - q, in place
-        err -= state.origin.astype(np.float64)
-        err /= float(state.step)
-        # grid coordinates within MAX_Q - unit/2: every new q (within unit/2 of them) stays
-        # within MAX_Q, and the moves (below 2 MAX_Q + unit) fit an int32
-        if len(err) and max(err.max(), -err.min()) + unit / 2 >= MAX_Q:
-            return None
-        err -= state.q
-        over = np.abs(err) > unit / 2  # [N, 3] errors that would exceed unit/2 steps
-        mask = over[:, 0] | over[:, 1] | over[:, 2]  # [N] rows to move (numpy's any(1) is ~10x slower)
-        rows = np.flatnonzero(mask)
-        moves = np.rint(err.take(rows, axis=0) / unit).astype(np.int32)  # [M, 3]
-        block, base, residual = _position_moves(moves)
-        pos_small, escaped = _small_rows(residual)
+        with ThreadPoolExecutor(1) as pool:  # the ids' changes beside the positions: two cores
+            id_changes = pool.submit(self._id_changes, state, ids, order, unit)
+            err = means.take(order, axis=0)  # [N, 3]; then (means - origin) / step - q, in place
+            err -= state.origin.astype(np.float64)
+            err /= float(state.step)
+            # grid coordinates within MAX_Q - unit/2: every new q (within unit/2 of them) stays
+            # within MAX_Q, and the moves (below 2 MAX_Q + unit) fit an int32
+            if len(err) and max(err.max(), -err.min()) + unit / 2 >= MAX_Q:
+                return None
+            err -= state.q
+            over = np.abs(err) > unit / 2  # [N, 3] errors that would exceed unit/2 steps
+            mask = over[:, 0] | over[:, 1] | over[:, 2]  # [N] rows to move (numpy's any(1) is ~10x slower)
+            rows = np.flatnonzero(mask)
+            moves = np.rint(err.take(rows, axis=0) / unit).astype(np.int32)  # [M, 3]
+            block, base, residual = _position_moves(moves)
+            pos_small, escaped = _small_rows(residual)
+            id_masks, id_small, id_values = id_changes.result()
+        payload = dict(unit=unit, pos_mask=_pack(mask), pos_block=block, pos_base=_narrow_int(base),
+                       pos_small=pos_small, pos_delta=_narrow_int(escaped),
+                       id_masks=id_masks, id_small=id_small, id_values=id_values)
+        return sum(a.nbytes for a in _arrays(payload)), "interframe", payload, order
+
+    def _id_changes(self, state: DecoderState, ids: dict[str, torch.Tensor], order: np.ndarray, unit: int
+                    ) -> tuple[dict, dict, dict]:
+        """The interframe's ``id_masks``, ``id_small`` and ``id_values`` (docs/CODEC.md section 6)."""
         id_masks, id_small, id_values = {}, {}, {}
         # groups whose ids are the previous frame's very tensor (``_assign``) change no row
         changes = self._ids_in_order({name: v for name, v in ids.items() if v is not self._ids.get(name)}, order)
@@ -345,10 +357,7 @@ class FrameEncoder:
             if v.ndim == 2 and v.shape[0] <= SMALL_DIMS and v.shape[1]:
                 codes, rest = _small_rows(v.view(np.int8 if v.dtype == np.uint8 else np.int16))
                 id_small[name], id_values[name] = codes, np.ascontiguousarray(rest.astype(v.dtype))
-        payload = dict(unit=unit, pos_mask=_pack(mask), pos_block=block, pos_base=_narrow_int(base),
-                       pos_small=pos_small, pos_delta=_narrow_int(escaped),
-                       id_masks=id_masks, id_small=id_small, id_values=id_values)
-        return sum(a.nbytes for a in _arrays(payload)), "interframe", payload, order
+        return id_masks, id_small, id_values
 
     # --- attributes ----------------------------------------------------------------------------
 
