@@ -115,11 +115,13 @@ def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame
     def lookup(name: str) -> torch.Tensor:  # [N, D] values (rotation: quaternions); ids validated
         if name in cb:  # codebook rows
             v = np.take(cb[name], ids[name], axis=0, mode="clip")
-        else:
-            v = ids[name].T.astype(np.float32)  # [N, D]; float32 offset + float32(q * step), in place
-            np.multiply(v, state.scalar[name][1], out=v)
-            np.add(v, state.scalar[name][0], out=v)
-        return torch.from_numpy(quaternions(v) if name == "rotation" else v)
+        else:  # float32 offset + float32(q * step), in place, in the [D, N] layout (faster)
+            offset, step = state.scalar[name][:, :, None]  # [D, 1] each
+            v = ids[name].astype(np.float32)  # [D, N]
+            np.multiply(v, step, out=v)
+            np.add(v, offset, out=v)
+            v = v.T  # [N, D] view; columns contiguous
+        return torch.from_numpy(quaternions(v) if name == "rotation" else np.ascontiguousarray(v))
 
     def take(name: str) -> torch.Tensor:
         if reuse is not None and unchanged(name):
@@ -132,7 +134,8 @@ def reconstruct(state: DecoderState, previous: tuple[DecoderState, GaussianFrame
     else:
         m = state.q.astype(np.float32)  # [N, 3]; then float32 q * step + origin, in place
         np.multiply(m, state.step, out=m)
-        np.add(m, state.origin, out=m)
+        for column, o in zip(m.T, state.origin):  # (a column at a time: 10x faster than broadcasting)
+            column += o
         means = torch.from_numpy(m)
     bands = [f"shN_{b}" for b in range(1, d + 1)]
     if reuse is not None and unchanged(*bands):
@@ -153,19 +156,17 @@ def quaternions(v: np.ndarray) -> np.ndarray:
     Compression", 2015): k (rounded, clipped to 0..3) is the index of its largest component,
     which is positive and is sqrt(max(0, 1 - (a*a + b*b) - c*c)) in float32, and a, b, c are
     the other three in order. Works on codebook rows as on decoded values."""
-    k = np.clip(np.rint(v[:, 0]), 0, 3).astype(np.int64)  # [N]
+    k = np.rint(v[:, 0])  # [N]; at or below 0 counts as 0, at or above 3 as 3
     a, b, c = v[:, 1], v[:, 2], v[:, 3]
     s = a * a
     s += b * b
     s += c * c
     np.subtract(np.float32(1), s, out=s)
     np.maximum(s, np.float32(0), out=s)
-    rows = np.concatenate([np.sqrt(s)[:, None], v[:, 1:]], 1)  # [N, 4] float32: largest, a, b, c
-    return np.take_along_axis(rows, _SLOTS[k], 1)
-
-
-_SLOTS = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [1, 2, 0, 3], [1, 2, 3, 0]])
-"""[4, 4]: for k, the column of (largest, a, b, c) that each quaternion slot takes."""
+    largest = np.sqrt(s, out=s)
+    k0, k1, k2, k3 = k <= 0, k == 1, k == 2, k >= 3  # (masks and where: 3x faster than a gather)
+    return np.stack([np.where(k0, largest, a), np.where(k0, a, np.where(k1, largest, b)),
+                     np.where(k2, largest, np.where(k3, c, b)), np.where(k3, largest, c)], 1)
 
 
 class FrameDecoder:
@@ -449,6 +450,8 @@ def unpack_small(codes: np.ndarray, escaped: np.ndarray, what: str) -> np.ndarra
         raise CodecError(f"{what}: codes must be below 3**{d} or {ESCAPE}")
     if int(esc.sum()) != escaped.shape[1]:
         raise CodecError(f"{what}: {int(esc.sum())} escape codes for {escaped.shape[1]} escaped rows")
+    if escaped.shape[1] == len(codes):  # every row escaped
+        return escaped.astype(np.int64)
     out = _SMALL_ROWS[:d].take(codes, axis=1)  # [D, M]
     for row, values in zip(out, escaped):  # (one dimension at a time: 1.7x faster than out[:, esc])
         row[esc] = values
