@@ -468,3 +468,39 @@ def test_interframe_unit_bounds_scalar_values(tile_frames):
                 step = torch.from_numpy(key["scalar"][name][1].astype(np.float32))
                 assert ((got - want).abs() <= unit * step / 2 + 1e-5).all(), (i, name)
     assert sizes[1] < 0.8 * sizes[0], sizes
+
+
+def _shell_reference(q: np.ndarray) -> set[tuple[int, int, int]]:
+    """Slow, obvious shell: every face neighbour within the range that is no voxel of ``q``."""
+    from splatcast.codec.decoder import PREDICTED_BITS
+
+    voxels = {tuple(v) for v in q.tolist()}
+    return {n for v in voxels for a in range(3) for d in (1, -1)
+            for n in [tuple(c + d * (i == a) for i, c in enumerate(v))]
+            if 0 <= n[a] < 2**PREDICTED_BITS and n not in voxels}
+
+
+@pytest.mark.parametrize("case", ["empty", "one", "edges", "cluster", "sparse"])
+def test_previous_grid_matches_a_reference(case):
+    """``previous_grid`` (docs/CODEC.md section 6b), which encoder and decoder share: codes sorted
+    with their rows, and the shell equal to a set-based reference, at the range's edges (0 and
+    2**17 - 1) too; a shift beyond the range is a ``CodecError``."""
+    from splatcast.codec import morton
+    from splatcast.codec.decoder import PREDICTED_BITS, DecoderState, previous_grid
+
+    rng, top = np.random.default_rng(3), 2**PREDICTED_BITS - 1
+    q = {"empty": np.zeros((0, 3), np.int64),
+         "one": np.array([[top, 0, 5]]),
+         "edges": rng.integers(0, 3, (40, 3)) * np.array([1, top // 2, 1]) + np.array([0, 0, top - 2]),
+         "cluster": rng.integers(100, 120, (3000, 3)),
+         "sparse": rng.integers(0, top + 1, (300, 3))}[case].astype(np.int64)
+    shift = np.array([0, 0, -1]) if len(q) else np.zeros(3, np.int64)
+    state = DecoderState(0, np.float32(1), {}, {}, np.zeros(3, np.float32), (q - shift).astype(np.int32), {})
+    codes, rows, shell = previous_grid(state, shift)
+    assert np.array_equal(codes, morton.encode(q[rows])) and np.all(codes[1:] >= codes[:-1])
+    assert sorted(rows.tolist()) == list(range(len(q)))
+    want = np.sort(morton.encode(np.array(sorted(_shell_reference(q)), np.int64).reshape(-1, 3)))
+    assert np.array_equal(shell, want)
+    if len(q):
+        with pytest.raises(CodecError, match="beyond"):
+            previous_grid(state, np.array([0, 0, top + 1]))
