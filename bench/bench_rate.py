@@ -15,7 +15,9 @@ len(encode_message(FrameMessage(...))) of each frame (msgpack + zstd level 3 + l
 the header and end messages, a few hundred bytes once per stream, are left out). A 1 s window is
 30 consecutive frames i..i+29, for every i from 0 to N-30 (splatcast.codec.rate.window_mbps: no
 smoothing, each frame counted at its own time); the table gives the min and max over those
-windows, as Mbit/s and as a deviation from the target. "buffer s" is the size a leaky bucket
+windows, as Mbit/s and as a deviation from the target; "keep" the fraction of the Gaussians sent
+(min .. max over the frames after the first, the probe: below the codec's reach the controller
+thins the frames, splatcast.codec.rate.thin). "buffer s" is the size a leaky bucket
 drained at the target needs (splatcast.codec.rate .buffer_seconds): the sender buffer, and the
 added delay, of a constant-rate channel of that bitrate. PSNR (dB) is
 splatcast.codec.metrics.view_quality of the reconstruction against the input frame (--psnr-views
@@ -73,16 +75,19 @@ def run(directory: Path, target: float, psnr_every: int, views: int, size: int, 
     sizes = rc.stats.sizes
     return dict(target=target, sizes=sizes, windows=window_mbps(sizes, fps),
                 mbps=sum(sizes) * 8 * fps / len(sizes) / 1e6, buffer=buffer_seconds(sizes, fps, target),
-                scales=rc.stats.scales, trials=rc.stats.trials, missed=rc.stats.missed, psnr=psnrs,
+                scales=rc.stats.scales, keeps=rc.stats.keeps, trials=rc.stats.trials, missed=rc.stats.missed,
+                psnr=psnrs,
                 types="".join(types), enc_s=t_enc / len(sizes))
 
 
 def line(name: str, r: dict) -> str:
     w, t = r["windows"], r["target"]
     p = [v for _, v in r["psnr"]]
+    keeps = r["keeps"][1:] or r["keeps"]  # after the first frame's probe
     return (f"| {name} | {t:g} | {r['mbps']:.2f} | {w.min():.2f} .. {w.max():.2f} | {100 * (w.min() / t - 1):+.1f} .. "
             f"{100 * (w.max() / t - 1):+.1f} | {r['buffer']:.2f} | {min(r['scales']):.3g} .. {max(r['scales']):.3g} "
-            f"| {r['missed']} | {np.mean(p) if p else float('nan'):.2f} ({min(p) if p else float('nan'):.2f}) "
+            f"| {min(keeps):.3g} .. {max(keeps):.3g} | {r['missed']} "
+            f"| {np.mean(p) if p else float('nan'):.2f} ({min(p) if p else float('nan'):.2f}) "
             f"| {r['trials']} | {r['enc_s']:.2f} |")
 
 
@@ -139,8 +144,8 @@ def main() -> None:
                 print(f"  target {target:g}: types {r['types']} (K key, I intra, P inter)\n  {line(name, r)}",
                       flush=True)
     print("\n| seq | target Mbit/s | mean Mbit/s | 1 s windows min .. max | vs target % | buffer s | step_scale "
-          "| missed GOPs | PSNR dB mean (min) | trials | encode s/frame |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| keep | missed GOPs | PSNR dB mean (min) | trials | encode s/frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rs in results.items():
         for r in rs:
             print(line(name, r))

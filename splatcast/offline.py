@@ -139,7 +139,8 @@ def encode(args: argparse.Namespace) -> int:
                 rows.append({"index": index, "file": str(path), "frame_type": enc.frame_type,
                              "num_gaussians": enc.num_gaussians, "bytes": len(data), "encode_ms": round(ms, 3),
                              "step_scale": encoder.step_scale if isinstance(encoder, RateController)
-                             else config.step_scale})
+                             else config.step_scale,
+                             "keep": encoder.keep if isinstance(encoder, RateController) else 1.0})
                 if not args.json:
                     bar.write(f"frame {index:5d}  {enc.frame_type:<10} {len(data):>10,} B "
                               f"{len(data) / max(enc.num_gaussians, 1):7.3f} B/G  {ms:8.1f} ms", file=sys.stdout)

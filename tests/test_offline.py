@@ -182,5 +182,6 @@ def test_encode_at_a_target_bitrate_reports_what_it_achieved(encoded, tmp_path):
     assert summary["window_mbps_min"] == summary["window_mbps_max"] == pytest.approx(sum(sizes) * 8 / 1e6)
     assert 0.9 * 4 < summary["mbps"] < 1.1 * 4  # 100 kB per frame: within reach on loot
     assert summary["buffer_s"] > 0 and enc["frames"][-1]["step_scale"] < 1  # finer than the preset
+    assert {row["keep"] for row in enc["frames"]} == {1.0}  # within reach: every Gaussian
     rc, _, stderr = run("encode", frames_dir, "-o", out, "--target-mbps", "nan")
     assert rc == 2 and "target_mbps must be None or a number in 0.01..100000" in stderr

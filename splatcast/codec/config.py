@@ -95,7 +95,8 @@ class CodecConfig:
       lower quality. A continuous knob between and beyond the presets (rate control turns it).
     - ``target_mbps``: None (default: constant quality), or a bitrate in megabits per second,
       0.01..100000, that ``splatcast.codec.rate.RateController`` holds by turning ``step_scale``
-      (then the starting value) at each keyframe; FrameEncoder alone does not read it.
+      (then the starting value) at each keyframe and, below what the steps reach, by sending a
+      fraction of the Gaussians; FrameEncoder alone does not read it.
     - ``seed``: k-means seed (same seed, same input, same device -> same bytes).
     - ``device``: "auto" (CUDA when available), "cpu" or "cuda" for k-means and assignment.
     """
