@@ -69,8 +69,9 @@ fraction on each side fits 255 steps, so that later frames of the GOP moving a l
 the range still fit (the range is centred in the type's levels)."""
 
 
-_Candidate = tuple[int, str, dict, np.ndarray]
-"""A frame the encoder may send: (estimated size, frame type, payload, order)."""
+_Candidate = tuple[int, str, dict, np.ndarray, DecoderState | None]
+"""A frame the encoder may send: (estimated size, frame type, payload, order, the decoder state
+after it when the encoder knows it without decoding the payload, else None)."""
 
 
 @dataclass
@@ -182,8 +183,9 @@ class FrameEncoder:
                 try_intra = try_intra and (pred is None or pred[0] > self._intra_bpg * n)
                 intra = self._intra(state, means, ids) if try_intra else None
                 candidates = [c for c in (inter, intra, pred) if c is not None]
+        after = None
         if candidates:
-            _, kind, payload, order = min(candidates)
+            _, kind, payload, order, after = min(candidates, key=lambda c: c[0])  # (ties: the first)
             self._gop_pos += 1
         else:
             kind, payload, order, ids = self._keyframe(means, feats)
@@ -191,7 +193,10 @@ class FrameEncoder:
         if kind != "interframe":
             positions_and_ids = {k: payload[k] for k in ("morton", "ids")}
             self._intra_bpg = _size(positions_and_ids) / max(n, 1)
-        state = self._decoder.update(kind, n, payload)
+        if after is None:
+            state = self._decoder.update(kind, n, payload)
+        else:  # what the decoder's update would give (tests/test_codec.py's round trips check it)
+            state = self._decoder.state = after
         self._order, self._feats, self._ids, self._dist = order, feats, ids, self._new_dist
         self._frame = frame
         return EncodedFrame(kind, frame.num_gaussians, payload, state, order)
@@ -248,7 +253,7 @@ class FrameEncoder:
         except _GridOverflow:
             return None  # the frame left the GOP's grid: a keyframe picks a new step
         payload = dict(origin=origin, morton=planes, **self._id_payload(ids, order))
-        return _size(payload), "intra", payload, order
+        return _size(payload), "intra", payload, order, None
 
     def _predicted(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]
                    ) -> _Candidate | None:
@@ -283,8 +288,8 @@ class FrameEncoder:
         in_now = np.searchsorted(codes, prev_codes, "right") - np.searchsorted(codes, prev_codes, "left")
         kept = np.arange(len(prev_codes)) - np.searchsorted(prev_codes, prev_codes, "left") < in_now
         source = np.where(is_kept, prev_rows[np.minimum(first_prev + occurrence, len(prev_rows) - 1)], -1)
-        values = {}
-        for name, cur in self._ids_in_order(ids, order).items():
+        values, ordered = {}, self._ids_in_order(ids, order)
+        for name, cur in ordered.items():
             pred = np.concatenate([np.zeros(cur.shape[:-1] + (1,), cur.dtype), cur[..., :-1]], -1)
             pred[..., is_kept] = state.ids[name][..., source[is_kept]]
             table = ranked(state, name)
@@ -304,7 +309,11 @@ class FrameEncoder:
         payload = dict(origin=origin, shift=(shift + pad).astype(np.int32), kept=_pack(kept),
                        shell=_pack(_sorted_in(shell, new[once])),
                        morton=_planes(np.diff(other, prepend=np.uint64(0))), values=values)
-        return _size(payload), "interframe", payload, order
+        # the decoder sorts the kept rows and the new ones by code, kept first among equal codes
+        # (as ``is_kept`` marks them here), and predicts each row's values back exactly
+        after = DecoderState(state.sh_degree, state.step, state.codebooks, state.scalar, origin,
+                             q.take(order, axis=0).astype(np.int32), ordered, state.tables)
+        return _size(payload), "interframe", payload, order, after
 
     def _interframe(self, state: DecoderState, means: np.ndarray, ids: dict[str, torch.Tensor]
                     ) -> _Candidate | None:
@@ -332,7 +341,7 @@ class FrameEncoder:
         payload = dict(unit=unit, pos_mask=_pack(mask), pos_block=block, pos_base=_narrow_int(base),
                        pos_small=pos_small, pos_delta=_narrow_int(escaped),
                        id_masks=id_masks, id_small=id_small, id_values=id_values)
-        return sum(a.nbytes for a in _arrays(payload)), "interframe", payload, order
+        return sum(a.nbytes for a in _arrays(payload)), "interframe", payload, order, None
 
     def _id_changes(self, state: DecoderState, ids: dict[str, torch.Tensor], order: np.ndarray, unit: int
                     ) -> tuple[dict, dict, dict]:
