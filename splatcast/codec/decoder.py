@@ -394,8 +394,13 @@ def predict_values(state: DecoderState, name: str, source: np.ndarray, v: np.nda
     ``rank_table``, other groups the difference from the predictor modulo 2**8 or 2**16."""
     old, n = state.ids[name], len(source)
     kept = source >= 0
-    pred_kept = old[..., source[kept]]
     table = ranked(state, name)
+    constant = _constant(old) if table is None else None
+    if constant is not None and n and not v.any() and (kept[0] or not constant.any()):
+        # fast path (voxel captures: one scale, rotation, opacity for all): every previous value
+        # is the same and nothing changes, so every row has it (what the general path gives)
+        return np.repeat(constant[..., None], n, axis=-1)
+    pred_kept = old[..., source[kept]]
     if table is not None:
         if v.size and int(v.max()) >= table.shape[0]:
             raise CodecError(f"values.{name}: rank {int(v.max())} out of range for a codebook of {table.shape[0]}")
@@ -414,11 +419,6 @@ def predict_values(state: DecoderState, name: str, source: np.ndarray, v: np.nda
         return out
     # differences modulo the type: a kept row adds to its previous value, a run of new rows
     # adds up from the row before the run (0 before row 0)
-    constant = _constant(old)
-    if constant is not None and n and not v.any() and (kept[0] or not constant.any()):
-        # fast path (voxel captures: one scale, rotation, opacity for all): every previous value
-        # is the same and nothing changes, so every row has it (what the general path gives)
-        return np.repeat(constant[..., None], n, axis=-1)
     last = np.maximum.accumulate(np.where(kept, np.arange(n), -1))  # [N] last kept row <= i
     base = np.zeros(old.shape[:-1] + (n,), old.dtype)
     base[..., kept] = pred_kept + v[..., kept]
