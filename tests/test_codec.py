@@ -504,3 +504,25 @@ def test_previous_grid_matches_a_reference(case):
     if len(q):
         with pytest.raises(CodecError, match="beyond"):
             previous_grid(state, np.array([0, 0, top + 1]))
+
+
+def test_predicted_interframes_match_voxels_as_multisets(loot_frames):
+    """Several Gaussians in one voxel (docs/CODEC.md section 6b: voxels are matched as
+    multisets, kept rows first among equal codes): frames whose voxels hold 1-3 Gaussians, in
+    counts that change from frame to frame, code as predicted interframes that decode to what
+    the encoder says, every input row once, at the input's positions."""
+    def crowded(frame: GaussianFrame, doubled: slice, tripled: slice) -> GaussianFrame:
+        extra = np.r_[np.arange(frame.num_gaussians)[doubled], np.arange(frame.num_gaussians)[tripled]]
+        out = rows(frame, np.r_[np.arange(frame.num_gaussians), extra])
+        out.sh0[frame.num_gaussians:] += 0.5  # other colours in the same voxels
+        return out
+
+    seq = [crowded(loot_frames[0], slice(0, 3000), slice(0, 1000)),
+           crowded(loot_frames[1], slice(0, 2000), slice(500, 2500)),
+           crowded(loot_frames[2], slice(1000, 5000), slice(0, 0))]
+    result = round_trip(seq)
+    assert [enc.frame_type for enc, *_ in result] == ["keyframe", "interframe", "interframe"]
+    assert all("kept" in enc.payload for enc, *_ in result[1:])
+    for (enc, dec, err, _), frame in zip(result, seq):
+        assert dec.num_gaussians == frame.num_gaussians
+        assert err["position_max_abs"] <= 1e-3  # each row decodes in its own voxel
