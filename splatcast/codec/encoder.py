@@ -281,17 +281,18 @@ class FrameEncoder:
         codes = codes[order]
         prev_codes, prev_rows, shell = previous_grid(state, (shift + pad).astype(np.int64))
         # multiset matching: the first min(count before, count now) rows of each code are kept
+        occurrence, run = _runs(codes)
         first_prev = np.searchsorted(prev_codes, codes, "left")
         in_prev = np.searchsorted(prev_codes, codes, "right") - first_prev
-        occurrence = np.arange(n) - np.searchsorted(codes, codes, "left")
         is_kept = occurrence < in_prev  # [N] codec rows
-        in_now = np.searchsorted(codes, prev_codes, "right") - np.searchsorted(codes, prev_codes, "left")
-        kept = np.arange(len(prev_codes)) - np.searchsorted(prev_codes, prev_codes, "left") < in_now
+        at = np.minimum(np.searchsorted(codes, prev_codes, "left"), n - 1)
+        in_now = np.where(codes[at] == prev_codes, run[at], 0)  # [M] rows of each previous code now
+        kept = _runs(prev_codes)[0] < in_now
         source = np.where(is_kept, prev_rows[np.minimum(first_prev + occurrence, len(prev_rows) - 1)], -1)
-        values, ordered = {}, self._ids_in_order(ids, order)
+        values, ordered, kept_source = {}, self._ids_in_order(ids, order), source[is_kept]
         for name, cur in ordered.items():
             pred = np.concatenate([np.zeros(cur.shape[:-1] + (1,), cur.dtype), cur[..., :-1]], -1)
-            pred[..., is_kept] = state.ids[name][..., source[is_kept]]
+            pred[..., is_kept] = state.ids[name][..., kept_source]
             table = ranked(state, name)
             if table is None:
                 values[name] = cur - pred  # modulo the type
@@ -750,6 +751,14 @@ def _size(payload: dict) -> int:
     and encoders of different sequences run in parallel threads (docs/NOTES.md, "Thread safety
     of the encode path")."""
     return len(zstandard.ZstdCompressor(level=1).compress(b"".join(a.tobytes() for a in _arrays(payload))))
+
+
+def _runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of sorted ``codes`` [N]: each row's occurrence among the rows of its code (0 for the
+    first) and its code's row count, both [N] int64 (a pass over runs, not a sorted search)."""
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
+    lengths = np.diff(np.r_[starts, len(codes)])
+    return np.arange(len(codes)) - np.repeat(starts, lengths), np.repeat(lengths, lengths)
 
 
 def _limit(x: torch.Tensor, dist: torch.Tensor) -> float:
