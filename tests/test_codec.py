@@ -523,6 +523,6 @@ def test_predicted_interframes_match_voxels_as_multisets(loot_frames):
     result = round_trip(seq)
     assert [enc.frame_type for enc, *_ in result] == ["keyframe", "interframe", "interframe"]
     assert all("kept" in enc.payload for enc, *_ in result[1:])
-    for (enc, dec, err, _), frame in zip(result, seq):
+    for (_, dec, err, _), frame in zip(result, seq):
         assert dec.num_gaussians == frame.num_gaussians
         assert err["position_max_abs"] <= 1e-3  # each row decodes in its own voxel
