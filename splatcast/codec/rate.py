@@ -298,27 +298,38 @@ class RateController:
         when even SCALE_MIN stays under the budget, of FINEST); keep the encoder copy whose
         predicted GOP bytes are nearest the budget (in ratio); when every trial, up to SCALE_MAX,
         is over the budget by more than TOLERANCE, of the trials of ``_thin_search`` instead.
-        The GOP that ends here corrects later predictions."""
+        After a thinned GOP the search on keep comes first, from that GOP's keep and scale; the
+        scales are searched only when every Gaussian fits again with room to spare. The GOP
+        that ends here corrects later predictions."""
         if self._others and self._predicted > 0:  # a GOP of tracked content ended
             self._ratios.append(math.log(float(np.mean(self._others)) / self._predicted))
         target = math.log(self._budget(index))
         current = self.encoder.config
-        self._keep = 1.0
+        last_keep, self._keep = self._keep, 1.0
 
         def start(quality: str) -> float:  # ln step_scale: the last GOP's in that preset, else the preset's own
             if current.quality == quality:
                 return math.log(current.step_scale)
             return math.log(SCALE_MIN) if quality == self.config.quality else 0.0
 
-        tried = self._search(frame, target, self.config.quality, start(self.config.quality))
-        y, x = min(((t[0], t[1]) for t in tried), key=lambda t: abs(t[0] - target))
-        if self.config.quality != FINEST and y < target - TOLERANCE and x <= math.log(SCALE_MIN) + 1e-6:
-            self._slope = SLOPE  # (another preset's curve)
-            finer = self._search(frame, target, FINEST, start(FINEST))
-            if min(abs(t[0] - target) for t in finer) < abs(y - target):
-                tried = finer
-        if all(t[0] > target + TOLERANCE for t in tried) and max(t[1] for t in tried) >= math.log(SCALE_MAX) - 1e-6:
-            tried = self._thin_search(frame, target, tried)
+        tried = None
+        if last_keep < 1:
+            tried = self._thin_search(frame, target, current.quality, math.log(current.step_scale),
+                                      math.log(last_keep))
+            if any(t[6] >= 1 and t[0] < target - TOLERANCE for t in tried):
+                tried, self._keep = None, 1.0
+        if tried is None:
+            tried = self._search(frame, target, self.config.quality, start(self.config.quality))
+            y, x = min(((t[0], t[1]) for t in tried), key=lambda t: abs(t[0] - target))
+            if self.config.quality != FINEST and y < target - TOLERANCE and x <= math.log(SCALE_MIN) + 1e-6:
+                self._slope = SLOPE  # (another preset's curve)
+                finer = self._search(frame, target, FINEST, start(FINEST))
+                if min(abs(t[0] - target) for t in finer) < abs(y - target):
+                    tried = finer
+            if all(t[0] > target + TOLERANCE for t in tried) and max(t[1] for t in tried) >= math.log(SCALE_MAX) - 1e-6:
+                y = min(t[0] for t in tried)  # from the finest scale as cheap as the cheapest (within 1 %)
+                x, quality = min((t[1], t[2].config.quality) for t in tried if t[0] <= y + 0.01)
+                tried = self._thin_search(frame, target, quality, x, 0.0, y)
         miss = min(abs(t[0] - target) for t in tried)
         # the nearest, and of trials as near (within 1 %: flat stretches of bytes), the finest
         y, x, self.encoder, enc, size, self._predicted, self._keep = min(
@@ -355,23 +366,24 @@ class RateController:
             x = nxt
         return tried
 
-    def _thin_search(self, frame: GaussianFrame, target: float, tried: list[Trial]) -> list[Trial]:
-        """Below the reach of ``tried`` (every trial over the budget, up to SCALE_MAX): trials at
-        the finest scale as cheap as the cheapest trial (within 1 %) on ``thin``s of ``frame``, a
-        secant search on ln GOP bytes against ln keep (slope bounded to KEEP_SLOPES: fewer
-        Gaussians cost more bytes each) of up to MAX_TRIALS, keep in KEEP_MIN..1."""
-        y = min(t[0] for t in tried)
-        x, quality = min((t[1], t[2].config.quality) for t in tried if t[0] <= y + 0.01)
-        lk, slope = 0.0, 1.0  # ln keep, d ln(bytes) / d ln(keep)
+    def _thin_search(self, frame: GaussianFrame, target: float, quality: str, x: float, lk: float,
+                     y: float | None = None) -> list[Trial]:
+        """Trials of ``frame`` as a keyframe at preset ``quality`` and ln step_scale ``x`` on
+        ``thin``s of it: a secant search on ln GOP bytes against ln keep from ln keep ``lk``
+        (whose ln GOP bytes ``y`` are known, else its trial comes first), slope bounded to
+        KEEP_SLOPES (fewer Gaussians cost more bytes each), keep in KEEP_MIN..1, up to
+        MAX_TRIALS."""
+        slope = 1.0  # d ln(bytes) / d ln(keep)
         out: list[Trial] = []
         for _ in range(MAX_TRIALS):
-            nxt = min(max(lk + (target - y) / slope, math.log(KEEP_MIN)), 0.0)
-            if out and abs(nxt - lk) < 1e-3:  # at KEEP_MIN: out of reach
+            nxt = lk if y is None else min(max(lk + (target - y) / slope, math.log(KEEP_MIN)), 0.0)
+            if out and abs(nxt - lk) < 1e-3:  # at KEEP_MIN or at 1: the search is at its bound
                 break
             self._keep = math.exp(nxt)
             trial, enc, size, other = self._trial(frame, quality, _clamp(math.exp(x)))
             y_next = math.log(size + (self.config.gop - 1) * other * self._bias())
-            slope = float(np.clip((y_next - y) / (nxt - lk), *KEEP_SLOPES))
+            if y is not None and nxt != lk:
+                slope = float(np.clip((y_next - y) / (nxt - lk), *KEEP_SLOPES))
             lk, y = nxt, y_next
             out.append((y, x, trial, enc, size, other, self._keep))
             if abs(y - target) <= TOLERANCE:
