@@ -35,6 +35,14 @@ def loot60(tmp_path_factory):
 wire_size = frame_size
 
 
+def decoded(rc: RateController, frames):
+    """(input frame, encoded frame, what a decoder makes of it) for each frame ``rc`` encodes."""
+    decoder = FrameDecoder()
+    for frame in frames:
+        enc = rc.encode(frame)
+        yield frame, enc, decoder.decode(enc.frame_type, enc.num_gaussians, enc.payload)
+
+
 @pytest.mark.timeout(120)
 def test_every_window_of_loot_within_10_percent_of_20_mbps(loot60):
     """The acceptance figure: each 30-frame window of 2 s of loot at 20 Mbit/s, as sent (the
@@ -67,10 +75,7 @@ def test_below_the_floor_fewer_gaussians_hold_the_rate(loot60):
     fraction of the voxels (``thin``), the same ones from frame to frame, and every 1 s window is
     within +-10 %; the decoder reconstructs what the encoder says, at the input's positions."""
     rc = RateController(CodecConfig(target_mbps=5, device="cpu"), FPS, wire_size)
-    decoder = FrameDecoder()
-    for frame in loot60:
-        enc = rc.encode(frame)
-        dec = decoder.decode(enc.frame_type, enc.num_gaussians, enc.payload)
+    for frame, enc, dec in decoded(rc, loot60):
         assert np.array_equal(dec.means.numpy(), enc.reconstruction.means.numpy())
         assert np.array_equal(dec.means.numpy(), frame.means.numpy()[enc.source_rows])  # rows of the input
     windows = window_mbps(rc.stats.sizes, FPS)
@@ -157,10 +162,8 @@ def test_tracked_content_follows_its_motion_with_the_interframe_unit(tile60):
     within +-10 % of 15 Mbit/s (without the unit knob: -16 .. +13 %, docs/CODEC.md section 13);
     a decoder still reconstructs what the encoder says."""
     rc = RateController(CodecConfig(target_mbps=15, device="cpu"), FPS, wire_size)
-    decoder, units = FrameDecoder(), set()
-    for frame in tile60:
-        enc = rc.encode(frame)
-        dec = decoder.decode(enc.frame_type, enc.num_gaussians, enc.payload)
+    units = set()
+    for _, enc, dec in decoded(rc, tile60):
         assert np.array_equal(dec.means.numpy(), enc.reconstruction.means.numpy())
         assert np.array_equal(dec.sh0.numpy(), enc.reconstruction.sh0.numpy())
         if enc.frame_type == "interframe":
@@ -179,10 +182,7 @@ def test_above_the_presets_reach_the_finest_preset_takes_over(tile60):
     near 30 Mbit/s: its next frames left the ranges and became keyframes; the first GOP came
     out 12 % under, docs/CODEC.md section 13.)"""
     rc = RateController(CodecConfig(target_mbps=30, device="cpu"), FPS, wire_size)
-    decoder = FrameDecoder()
-    for frame in tile60:
-        enc = rc.encode(frame)
-        dec = decoder.decode(enc.frame_type, enc.num_gaussians, enc.payload)
+    for _, enc, dec in decoded(rc, tile60):
         assert np.array_equal(dec.shN.numpy(), enc.reconstruction.shN.numpy())
     windows = window_mbps(rc.stats.sizes, FPS)
     assert 0.9 * 30 <= windows.min() and windows.max() <= 1.1 * 30, windows

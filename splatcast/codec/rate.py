@@ -184,7 +184,7 @@ class RateController:
             # next frame is likely untracked too, and a keyframe in its place costs a little more)
             saved = copy.deepcopy(self.encoder) if index == 1 or self._untracked else None
             self.encoder.unit = UNITS[self._level]
-            enc = self._encode(self.encoder, frame)
+            enc = self._encode(self.encoder, frame, self._keep)
             size = self.wire_size(enc)
             if saved is not None and index == 1 and enc.frame_type != "keyframe":  # end the probe GOP if off
                 predicted = self.stats.sizes[0] + size * (self.config.gop - 1)
@@ -217,11 +217,16 @@ class RateController:
         self._prev = frame  # (a reference: frames are not modified)
         return enc
 
-    def _encode(self, encoder: FrameEncoder, frame: GaussianFrame) -> EncodedFrame:
-        """``encoder.encode`` of the GOP's ``thin`` of ``frame``; source_rows index ``frame``."""
-        thinned, rows = thin(frame, self._keep, self._cell if self._by_position else None)
+    def _encode(self, encoder: FrameEncoder, frame: GaussianFrame, keep: float) -> EncodedFrame:
+        """``encoder.encode`` of ``thin(frame, keep, ...)``; source_rows index ``frame``."""
+        thinned, rows = thin(frame, keep, self._cell if self._by_position else None)
         enc = encoder.encode(thinned)
         return enc if rows is None else replace(enc, source_rows=rows[enc.source_rows])
+
+    def _ln_gop_bytes(self, size: int, other: float) -> float:
+        """ln of a trial's predicted GOP bytes: its keyframe's plus gop - 1 other frames'
+        (corrected by ``_bias``)."""
+        return math.log(size + (self.config.gop - 1) * other * self._bias())
 
     def _bias(self) -> float:
         """Correction of a trial's predicted other-frame bytes (BIAS_LIMITS)."""
@@ -259,7 +264,8 @@ class RateController:
             return self._keyframe(frame, index)
         sides = self._sides
         scale = _clamp(sides[1] * JUMP_MARGIN if size > b else sides[0] / JUMP_MARGIN)
-        trial, other, other_size, _ = self._trial(frame, self.encoder.config.quality, scale, predict=False)
+        trial, other, other_size, _ = self._trial(frame, self.encoder.config.quality, scale, self._keep,
+                                                  predict=False)
         if (other_size < size) != (size > b):
             self.encoder = current
             return enc, size
@@ -273,23 +279,24 @@ class RateController:
         surplus = self._sent - self.frame_budget * index
         return gop_budget - float(np.clip(FEEDBACK * surplus, -CORRECTION * gop_budget, CORRECTION * gop_budget))
 
-    def _trial(self, frame: GaussianFrame, quality: str, scale: float, predict: bool = True
+    def _trial(self, frame: GaussianFrame, quality: str, scale: float, keep: float, predict: bool = True
                ) -> tuple[FrameEncoder, EncodedFrame, int, float]:
-        """``frame`` as a keyframe on a copy of the encoder at preset ``quality`` and ``scale``: (the copy, the frame,
-        its wire bytes, predicted wire bytes of each other frame of the GOP). The prediction is
+        """``frame`` (a ``keep`` fraction of it) as a keyframe on a copy of the encoder at preset
+        ``quality`` and ``scale``: (the copy, the frame, its wire bytes, predicted wire bytes of
+        each other frame of the GOP). The prediction is
         the previous input frame encoded next on a second copy at unit UNITS[NOMINAL] (the same
         motion backwards: an interframe or intra frame like the GOP's next ones); with no
         previous frame (the sequence's first) or unless ``predict``, the keyframe's bytes."""
         trial = copy.deepcopy(self.encoder)
         trial.config = replace(self.config, quality=quality, step_scale=scale, gop=1)  # gop=1: a keyframe now
-        enc = self._encode(trial, frame)
+        enc = self._encode(trial, frame, keep)
         trial.config = replace(self.config, quality=quality, step_scale=scale)
         size = self.wire_size(enc)
         other = float(size)
         if self._prev is not None and predict:
             after = copy.deepcopy(trial)
             after.unit = UNITS[NOMINAL]  # as the GOP's interframes start
-            other = float(self.wire_size(self._encode(after, self._prev)))
+            other = float(self.wire_size(self._encode(after, self._prev, keep)))
         self.stats.trials += 1
         return trial, enc, size, other
 
@@ -305,7 +312,7 @@ class RateController:
             self._ratios.append(math.log(float(np.mean(self._others)) / self._predicted))
         target = math.log(self._budget(index))
         current = self.encoder.config
-        last_keep, self._keep = self._keep, 1.0
+        last_keep = self._keep
 
         def start(quality: str) -> float:  # ln step_scale: the last GOP's in that preset, else the preset's own
             if current.quality == quality:
@@ -317,7 +324,7 @@ class RateController:
             tried = self._thin_search(frame, target, current.quality, math.log(current.step_scale),
                                       math.log(last_keep))
             if any(t[6] >= 1 and t[0] < target - TOLERANCE for t in tried):
-                tried, self._keep = None, 1.0
+                tried = None
         if tried is None:
             tried = self._search(frame, target, self.config.quality, start(self.config.quality))
             y, x = min(((t[0], t[1]) for t in tried), key=lambda t: abs(t[0] - target))
@@ -342,16 +349,16 @@ class RateController:
         return enc, size
 
     def _search(self, frame: GaussianFrame, target: float, quality: str, x: float) -> list[Trial]:
-        """Trials of ``frame`` as a keyframe at preset ``quality`` from ln step_scale ``x`` on: a
+        """Trials of all of ``frame`` as a keyframe at preset ``quality`` from ln step_scale ``x`` on: a
         secant search on ln GOP bytes against ln step_scale, bracketed, of up to MAX_TRIALS."""
         lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
         tried: list[Trial] = []
         for _ in range(MAX_TRIALS):
-            trial, enc, size, other = self._trial(frame, quality, _clamp(math.exp(x)))
-            y = math.log(size + (self.config.gop - 1) * other * self._bias())
+            trial, enc, size, other = self._trial(frame, quality, _clamp(math.exp(x)), 1.0)
+            y = self._ln_gop_bytes(size, other)
             if tried and abs(x - tried[-1][1]) > 1e-6:  # secant slope from the previous trial, bounded
                 self._slope = float(np.clip((y - tried[-1][0]) / (x - tried[-1][1]), *SLOPES))
-            tried.append((y, x, trial, enc, size, other, self._keep))
+            tried.append((y, x, trial, enc, size, other, 1.0))
             if abs(y - target) <= TOLERANCE:
                 break
             if y > target:
@@ -379,13 +386,12 @@ class RateController:
             nxt = lk if y is None else min(max(lk + (target - y) / slope, math.log(KEEP_MIN)), 0.0)
             if out and abs(nxt - lk) < 1e-3:  # at KEEP_MIN or at 1: the search is at its bound
                 break
-            self._keep = math.exp(nxt)
-            trial, enc, size, other = self._trial(frame, quality, _clamp(math.exp(x)))
-            y_next = math.log(size + (self.config.gop - 1) * other * self._bias())
+            trial, enc, size, other = self._trial(frame, quality, _clamp(math.exp(x)), math.exp(nxt))
+            y_next = self._ln_gop_bytes(size, other)
             if y is not None and nxt != lk:
                 slope = float(np.clip((y_next - y) / (nxt - lk), *KEEP_SLOPES))
             lk, y = nxt, y_next
-            out.append((y, x, trial, enc, size, other, self._keep))
+            out.append((y, x, trial, enc, size, other, math.exp(nxt)))
             if abs(y - target) <= TOLERANCE:
                 break
         return out
